@@ -1,0 +1,265 @@
+"""One config object: nested dataclasses built from YAML files plus ``key=value`` overrides.
+
+Layering, later wins: the dataclass defaults, then each YAML file in order (``configs/base.yaml``,
+then e.g. ``configs/models/unet.yaml``), then command-line overrides such as
+``train.epochs=3 model.encoder=resnet18``. A key that no dataclass declares is rejected with
+one line naming the file and the closest valid keys, so a typo never silently does nothing.
+
+Each stage receives only the section it needs (``cfg.train``, ``cfg.model``...). Nothing is
+attached to the config at run time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import PipelineError
+
+# Kaggle's image size: every prediction is returned at this shape (rows, columns).
+FULL_HEIGHT = 1280
+FULL_WIDTH = 1918
+
+
+@dataclass
+class DemoConfig:
+    """Size of the synthetic dataset written by ``python -m pipeline.data --source demo``."""
+
+    train_cars: int = 8
+    test_cars: int = 4
+    seed: int = 0
+    height: int = FULL_HEIGHT
+    width: int = FULL_WIDTH
+
+
+@dataclass
+class DataConfig:
+    """Where the Kaggle-layout data lives and where resized copies are cached."""
+
+    root: str = "data/carvana"  # folder in Kaggle layout (train/, train_masks/, ...)
+    source: str = "demo"  # demo | kaggle | a directory in Kaggle layout
+    cache_dir: str = "data/cache"  # resized images and masks, keyed by size
+    demo: DemoConfig = field(default_factory=DemoConfig)
+
+
+@dataclass
+class FoldsConfig:
+    """Grouped K-fold split: all 16 angles of a car stay in one fold."""
+
+    n_folds: int = 5
+    seed: int = 42
+    stratify: str = "make"  # make | area | none
+
+
+@dataclass
+class ModelConfig:
+    """Which network to build. ``arch: unet`` is the hand-written U-Net; any other value is a
+    segmentation-models-pytorch architecture name (Unet, UnetPlusPlus, FPN, DeepLabV3Plus,
+    Linknet, Segformer, ...) built with ``encoder``."""
+
+    arch: str = "unet"
+    name: str = ""  # label for metrics and reports; defaults to arch[-encoder]
+    classes: int = 1
+    in_channels: int = 3
+    # hand-written U-Net
+    base_width: int = 64
+    depth: int = 4
+    batch_norm: bool = True
+    skip: bool = True
+    upsample: str = "transpose"  # transpose | bilinear
+    kernel_size: int = 3
+    # SMP
+    encoder: str = "resnet34"
+    encoder_weights: str | None = None  # None: nothing is downloaded; "imagenet" needs internet
+    pad_multiple: int = 32  # SMP inputs are reflect-padded to this multiple and cropped back
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        return self.arch if self.arch == "unet" else f"{self.arch}-{self.encoder}"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation for one fold."""
+
+    height: int = 320
+    width: int = 480
+    epochs: int = 10
+    batch_size: int = 8
+    num_workers: int = 2
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"  # adam | adamw
+    scheduler: str = "cosine"  # cosine | plateau | warm_restarts | none
+    warmup_epochs: float = 0.5
+    min_lr: float = 1e-6
+    restart_epochs: int = 5  # warm_restarts period
+    loss: str = "bce_dice"  # bce_dice | bce | lovasz | bce_log_dice
+    bce_weight: float = 0.5
+    precision: str = "auto"  # auto (bf16 on CUDA if supported) | fp32 | bf16 | fp16
+    channels_last: bool = True
+    grad_clip: float = 1.0
+    accumulate: int = 1
+    patience: int = 0  # early stopping in epochs; 0 disables
+    full_res_val: bool = False  # validate at 1280x1918 by upsampling logits
+    seed: int = 42
+    max_steps: int = 0  # stop each epoch after this many steps (0: full epoch); for smoke runs
+    augment: bool = True
+
+
+@dataclass
+class PredictConfig:
+    """The inference engine shared by evaluation and submission."""
+
+    batch_size: int = 4
+    num_workers: int = 2
+    tta: list[str] = field(default_factory=lambda: ["hflip"])  # subset of hflip, vflip
+    threshold: float = 0.5
+    precision: str = "auto"
+    channels_last: bool = True
+
+
+@dataclass
+class SubmitConfig:
+    name: str = "submission"
+    shard_every: int = 1000  # rows written between resume checkpoints
+
+
+@dataclass
+class BenchmarkConfig:
+    models: list[str] = field(default_factory=lambda: ["configs/models/unet.yaml"])
+    folds: list[int] = field(default_factory=lambda: [0])
+    time_budget_min: float = 0.0  # 0: use train.epochs
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    folds: FoldsConfig = field(default_factory=FoldsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    submit: SubmitConfig = field(default_factory=SubmitConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (allowing int for float)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise PipelineError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, where) for v in value]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise PipelineError(f"{where}: expected true or false, got {value!r}")
+    if tp in (int, float, str) and not isinstance(value, tp):
+        raise PipelineError(f"{where}: expected {tp.__name__}, got {value!r}")
+    if tp is int and isinstance(value, bool):
+        raise PipelineError(f"{where}: expected int, got {value!r}")
+    return value
+
+
+def _merge(obj: Any, values: dict, source: str, prefix: str = "") -> Any:
+    """Return a copy of dataclass ``obj`` with ``values`` merged in; reject unknown keys."""
+    if not isinstance(values, dict):
+        raise PipelineError(f"{source}: '{prefix or 'top level'}' must be a mapping")
+    types_ = _field_types(type(obj))
+    changes = {}
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if key not in types_:
+            close = difflib.get_close_matches(key, types_, n=3)
+            hint = f" (did you mean {', '.join(prefix + c for c in close)}?)" if close else ""
+            valid = ", ".join(prefix + k for k in types_)
+            raise PipelineError(
+                f"{source}: unknown config key '{path}'{hint}; valid keys here: {valid}"
+            )
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            changes[key] = _merge(current, value, source, f"{path}.")
+        else:
+            changes[key] = _coerce(value, types_[key], f"{source}: {path}")
+    return dataclasses.replace(obj, **changes)
+
+
+def parse_override(text: str) -> dict:
+    """``"train.lr=1e-3"`` -> ``{"train": {"lr": 0.001}}`` (the value is parsed as YAML)."""
+    if "=" not in text:
+        raise PipelineError(f"override '{text}' must look like section.key=value")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else ""
+    nested: dict = value
+    for part in reversed(key.strip().split(".")):
+        nested = {part: nested}
+    return nested
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: config file not found")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise PipelineError(f"{path}: top level must be a mapping of sections")
+    return values
+
+
+def load_config(
+    paths: list[str | Path] | tuple = (), overrides: list[str] | tuple = ()
+) -> Config:
+    """Build the config from YAML files (in order) and ``key=value`` overrides."""
+    cfg = Config()
+    for path in paths:
+        cfg = _merge(cfg, load_yaml(path), str(path))
+    for text in overrides:
+        cfg = _merge(cfg, parse_override(text), f"override '{text}'")
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain nested dict (for checkpoints, JSON and YAML)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type, values: dict, source: str = "checkpoint") -> Any:
+    """Rebuild a config section (e.g. ``ModelConfig``) from ``to_dict`` output."""
+    return _merge(cls(), values, source)
+
+
+DEFAULT_CONFIGS = ("configs/base.yaml",)
+
+
+def default_paths(model: str | None = None) -> list[str]:
+    """``configs/base.yaml`` and, when given, the model config file."""
+    paths: list[str] = [p for p in DEFAULT_CONFIGS if Path(p).is_file()]
+    if model:
+        paths.append(model)
+    return paths

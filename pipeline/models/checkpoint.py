@@ -1,0 +1,96 @@
+"""Checkpoints that carry their own config, so prediction rebuilds the model from the file alone.
+
+A checkpoint is a dict saved with ``torch.save``:
+
+    format        1
+    model_config  ModelConfig as a dict (enough to call build_model)
+    config        the whole Config as a dict (training settings, image size, data paths)
+    state_dict    model weights (never DDP-wrapped: no "module." prefixes)
+    metrics       dict of floats, e.g. {"val_dice": 0.99}
+    epoch         last completed epoch (0-based)
+    train_state   optional: optimizer, scheduler, scaler, RNG states, for --resume
+
+Files are written to a temporary name and renamed, so a kill -9 never leaves half a checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.atomic import atomic_path
+from pipeline.config import Config, ModelConfig, from_dict, to_dict
+from pipeline.errors import PipelineError
+
+FORMAT = 1
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model under DistributedDataParallel / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    cfg: Config,
+    *,
+    metrics: dict[str, float] | None = None,
+    epoch: int = -1,
+    train_state: dict[str, Any] | None = None,
+) -> Path:
+    """Atomically write a checkpoint that rebuilds ``model`` without any other file."""
+    payload = {
+        "format": FORMAT,
+        "model_config": to_dict(cfg.model),
+        "config": to_dict(cfg),
+        "state_dict": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
+        "metrics": dict(metrics or {}),
+        "epoch": epoch,
+    }
+    if train_state is not None:
+        payload["train_state"] = train_state
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint dict; one clear line when the file is missing or not a checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: checkpoint not found; train first (python -m pipeline.train)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # torch raises several types for a truncated or foreign file
+        raise PipelineError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(ckpt, dict) or "model_config" not in ckpt or "state_dict" not in ckpt:
+        raise PipelineError(f"{path}: not a carvana-pipeline checkpoint (no model_config)")
+    return ckpt
+
+
+def checkpoint_config(ckpt: dict) -> Config:
+    """The full Config stored in a checkpoint."""
+    return from_dict(Config, ckpt["config"], source="checkpoint config")
+
+
+def load_model(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict]:
+    """Rebuild the model from the checkpoint alone and load its weights (eval mode)."""
+    from pipeline.models.factory import build_model
+
+    ckpt = load_checkpoint(path, map_location="cpu")
+    model_cfg = from_dict(ModelConfig, ckpt["model_config"], source=f"{path} model_config")
+    model = build_model(model_cfg)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(map_location).eval(), ckpt

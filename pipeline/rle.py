@@ -1,0 +1,127 @@
+"""Run-length encoding in Kaggle's Carvana convention.
+
+Convention (verified on the real ``train_masks.csv``): the (H, W) mask is flattened **row-major**
+(C order), pixels are numbered from **1**, and the string is ``start length`` pairs separated by
+single spaces, starts ascending. An empty mask encodes to the empty string.
+
+Example: ``[[0,0,0,0],[0,0,1,1],[0,0,1,1],[0,0,0,0]]`` -> ``"7 2 11 2"``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.config import FULL_HEIGHT, FULL_WIDTH
+
+FULL_SHAPE = (FULL_HEIGHT, FULL_WIDTH)
+
+
+def runs(mask: np.ndarray) -> np.ndarray:
+    """1-based ``[start, length, start, length, ...]`` of the foreground runs of ``mask``."""
+    flat = np.asarray(mask).reshape(-1)
+    # uint8 comparisons vectorise far better than bool ones (~6x here): bool masks are viewed
+    # as uint8 (same bytes), other dtypes and non-{0,1} values are brought to uint8 {0, 1}.
+    if flat.dtype == np.bool_:
+        flat = flat.view(np.uint8)
+    elif flat.dtype != np.uint8 or flat.max(initial=0) > 1:
+        flat = (flat != 0).view(np.uint8)
+    if flat.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    # Neighbour comparison gives the 0-based index of every pixel whose value differs from the
+    # one before it: run starts and one-past-run-ends, alternating. A run touching the first or
+    # last pixel has no neighbour there, so its boundary is added by hand. (np.diff with
+    # prepend/append would copy the whole array twice and is ~15x slower.)
+    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    if flat[0]:
+        edges = np.concatenate(([0], edges))
+    if flat[-1]:
+        edges = np.concatenate((edges, [flat.size]))
+    edges = edges.reshape(-1, 2)
+    edges[:, 1] -= edges[:, 0]
+    edges[:, 0] += 1
+    return edges.reshape(-1)
+
+
+def encode(mask: np.ndarray) -> str:
+    """Binary (H, W) mask (any dtype, non-zero = foreground) -> Kaggle RLE string."""
+    return " ".join(map(str, runs(mask).tolist()))
+
+
+def parse(rle: str) -> np.ndarray:
+    """RLE string -> int64 array of shape (n_runs, 2) holding (1-based start, length)."""
+    if not isinstance(rle, str) or not rle.strip():
+        return np.zeros((0, 2), dtype=np.int64)
+    numbers = np.array(rle.split(), dtype=np.int64)
+    if numbers.size % 2:
+        raise ValueError(f"odd number of values ({numbers.size}) in an RLE string")
+    return numbers.reshape(-1, 2)
+
+
+def decode(rle: str, shape: tuple[int, int] = FULL_SHAPE) -> np.ndarray:
+    """Kaggle RLE string -> uint8 (H, W) mask in {0, 1}."""
+    pairs = parse(rle)
+    size = shape[0] * shape[1]
+    # +1 at each start, -1 one past each end, then a running sum marks the covered pixels.
+    delta = np.zeros(size + 1, dtype=np.int32)
+    starts = pairs[:, 0] - 1
+    ends = starts + pairs[:, 1]
+    if pairs.size and (starts.min() < 0 or ends.max() > size):
+        raise ValueError(f"a run falls outside a {shape[0]}x{shape[1]} image")
+    np.add.at(delta, starts, 1)
+    np.add.at(delta, ends, -1)
+    return (np.cumsum(delta[:-1]) > 0).astype(np.uint8).reshape(shape)
+
+
+def runs_torch(masks):
+    """Run boundaries of a batch of binary masks computed on their device.
+
+    ``masks``: bool/uint8 tensor (N, H, W), e.g. thresholded probabilities still on the GPU.
+    Returns a list of N int64 numpy arrays ``[start, length, ...]`` (1-based, row-major), so
+    only the run boundaries leave the device, never the full masks.
+    """
+    import torch
+
+    n = masks.shape[0]
+    flat = masks.reshape(n, -1).to(torch.int8)
+    pad = torch.zeros((n, 1), dtype=torch.int8, device=flat.device)
+    diff = torch.diff(torch.cat([pad, flat, pad], dim=1), dim=1)
+    # nonzero() returns (image, position) pairs sorted row by row: starts and ends alternate.
+    idx = torch.nonzero(diff, as_tuple=False)
+    counts = torch.bincount(idx[:, 0], minlength=n).cpu().numpy()
+    pos = idx[:, 1].cpu().numpy()
+    out = []
+    offset = 0
+    for c in counts:
+        edges = pos[offset : offset + c].reshape(-1, 2).astype(np.int64)
+        offset += c
+        edges[:, 1] -= edges[:, 0]
+        edges[:, 0] += 1
+        out.append(edges.reshape(-1))
+    return out
+
+
+def encode_torch(masks) -> list[str]:
+    """Batch of binary masks (N, H, W) on any device -> list of N Kaggle RLE strings."""
+    return [" ".join(map(str, r.tolist())) for r in runs_torch(masks)]
+
+
+def encode_reference(mask: np.ndarray) -> str:
+    """The common Kaggle kernel's encoder, kept as the benchmark baseline and a test oracle:
+    pad with zeros, compare neighbours, ``np.where``, ``' '.join``."""
+    pixels = mask.flatten()
+    pixels = np.concatenate([[0], pixels, [0]])
+    r = np.where(pixels[1:] != pixels[:-1])[0] + 1
+    r[1::2] -= r[::2]
+    return " ".join(str(x) for x in r)
+
+
+def decode_reference(rle: str, shape: tuple[int, int] = FULL_SHAPE) -> np.ndarray:
+    """The common Kaggle kernel's decoder (a Python loop over runs): baseline and oracle."""
+    s = rle.split()
+    starts, lengths = [np.asarray(x, dtype=int) for x in (s[0::2], s[1::2])]
+    starts -= 1
+    ends = starts + lengths
+    img = np.zeros(shape[0] * shape[1], dtype=np.uint8)
+    for lo, hi in zip(starts, ends):
+        img[lo:hi] = 1
+    return img.reshape(shape)
