@@ -175,6 +175,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return [_coerce(v, item, where) for v in value]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-3" (no dot) as a string; accept it as the number it means.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is bool and not isinstance(value, bool):
         raise PipelineError(f"{where}: expected true or false, got {value!r}")
     if tp in (int, float, str) and not isinstance(value, tp):

@@ -1,0 +1,66 @@
+"""Config: YAML layering, overrides, unknown keys rejected, every shipped config loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import Config, ModelConfig, from_dict, load_config, to_dict
+from pipeline.errors import PipelineError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_layering_and_overrides(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("train:\n  epochs: 3\n  lr: 0.001\nmodel:\n  arch: unet\n")
+    model = tmp_path / "model.yaml"
+    model.write_text("model:\n  arch: Unet\n  encoder: resnet18\n")
+    cfg = load_config([base, model], ["train.lr=1e-2", "predict.tta=[hflip, vflip]"])
+    assert cfg.train.epochs == 3 and cfg.train.lr == pytest.approx(0.01)
+    assert cfg.model.arch == "Unet" and cfg.model.label == "Unet-resnet18"
+    assert cfg.predict.tta == ["hflip", "vflip"]
+    assert cfg.train.batch_size == Config().train.batch_size  # untouched default
+
+
+def test_unknown_key_names_file_and_suggests(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("train:\n  epoch: 3\n")
+    with pytest.raises(PipelineError, match=r"typo.yaml: unknown config key 'train.epoch'.*"
+                                            r"did you mean train.epochs"):
+        load_config([path])
+    with pytest.raises(PipelineError, match="unknown config key 'nope'"):
+        load_config([], ["nope.x=1"])
+
+
+def test_wrong_types_are_rejected():
+    with pytest.raises(PipelineError, match="train.epochs: expected int"):
+        load_config([], ["train.epochs=three"])
+    with pytest.raises(PipelineError, match="expected true or false"):
+        load_config([], ["model.skip=maybe"])
+    with pytest.raises(PipelineError, match="must look like"):
+        load_config([], ["train.epochs"])
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(PipelineError, match="config file not found"):
+        load_config([tmp_path / "absent.yaml"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(PipelineError, match="not valid YAML"):
+        load_config([bad])
+
+
+def test_round_trip_through_dict():
+    cfg = load_config([], ["model.arch=FPN", "train.height=64"])
+    again = from_dict(Config, to_dict(cfg))
+    assert again == cfg
+    assert from_dict(ModelConfig, to_dict(cfg.model)) == cfg.model
+
+
+@pytest.mark.parametrize("path", sorted(REPO.glob("configs/**/*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    base = REPO / "configs" / "base.yaml"
+    cfg = load_config([base, path] if path != base else [base])
+    assert isinstance(cfg, Config)

@@ -1,0 +1,146 @@
+"""RLE against hand cases, the common Kaggle reference, a naive decoder and the real files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline import rle
+from pipeline.data.io import read_mask
+from pipeline.data.layout import Layout, mask_name
+
+
+def naive_decode(text: str, shape: tuple[int, int]) -> np.ndarray:
+    """Independent oracle: walk the runs pixel by pixel over a row-major, 1-based numbering."""
+    h, w = shape
+    out = np.zeros(shape, dtype=np.uint8)
+    values = [int(v) for v in text.split()]
+    for start, length in zip(values[::2], values[1::2]):
+        for pixel in range(start, start + length):
+            row, col = divmod(pixel - 1, w)
+            out[row, col] = 1
+    return out
+
+
+def test_hand_case_from_the_issue():
+    mask = np.array([[0, 0, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 0, 0]])
+    assert rle.encode(mask) == "7 2 11 2"
+    np.testing.assert_array_equal(rle.decode("7 2 11 2", (4, 4)), mask)
+
+
+def test_row_major_not_column_major():
+    mask = np.zeros((3, 4), dtype=np.uint8)
+    mask[0, 1] = mask[0, 2] = 1  # one horizontal run: row-major gives a single run
+    assert rle.encode(mask) == "2 2"
+    assert rle.encode(mask.T.copy()) == "4 1 7 1"  # column-major would split it
+
+
+@pytest.mark.parametrize(
+    "cells, expected",
+    [
+        ([(0, 0)], "1 1"),  # first pixel: 1-based start
+        ([(2, 4)], "15 1"),  # last pixel of a 3x5 image
+        ([(0, 4), (1, 0)], "5 2"),  # a run wraps from the end of one row to the next
+    ],
+)
+def test_edges(cells, expected):
+    mask = np.zeros((3, 5), dtype=np.uint8)
+    for r, c in cells:
+        mask[r, c] = 1
+    assert rle.encode(mask) == expected
+    np.testing.assert_array_equal(rle.decode(expected, (3, 5)), mask)
+
+
+def test_empty_and_full():
+    assert rle.encode(np.zeros((4, 6), dtype=np.uint8)) == ""
+    assert rle.encode(np.ones((4, 6), dtype=np.uint8)) == "1 24"
+    assert rle.decode("", (4, 6)).sum() == 0
+    assert rle.decode("1 24", (4, 6)).all()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, bool, np.int64, np.float32])
+def test_random_round_trips_match_reference_and_naive_decoder(dtype):
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        shape = (int(rng.integers(1, 12)), int(rng.integers(1, 12)))
+        mask = rng.random(shape) < rng.random()
+        text = rle.encode(mask.astype(dtype))
+        assert text == rle.encode_reference(mask.astype(np.uint8))
+        np.testing.assert_array_equal(naive_decode(text, shape), mask)
+        np.testing.assert_array_equal(rle.decode(text, shape), mask)
+
+
+def test_non_binary_labels_count_as_foreground():
+    mask = np.array([[0, 255, 255, 0]], dtype=np.uint8)
+    assert rle.encode(mask) == "2 2"
+
+
+def test_torch_encoder_matches_numpy_on_a_batch():
+    rng = np.random.default_rng(1)
+    masks = rng.random((5, 7, 9)) < 0.4
+    masks[0] = False
+    masks[1] = True
+    expected = [rle.encode(m) for m in masks]
+    assert rle.encode_torch(torch.from_numpy(masks)) == expected
+    assert rle.encode_torch(torch.from_numpy(masks.astype(np.uint8))) == expected
+
+
+def test_decode_rejects_runs_outside_the_image():
+    with pytest.raises(ValueError, match="outside"):
+        rle.decode("20 5", (4, 5))
+    with pytest.raises(ValueError, match="odd"):
+        rle.decode("1 2 3", (4, 5))
+    with pytest.raises(ValueError, match="overlap"):
+        rle.decode("1 3 2 2", (4, 5))
+    with pytest.raises(ValueError, match="overlap"):
+        rle.decode("9 1 2 2", (4, 5))  # starts not ascending
+
+
+def test_benchmark_core_checks_agreement_and_reports_ratios():
+    from pipeline.benchmark.rle import run_rle_benchmark
+
+    rng = np.random.default_rng(2)
+    masks = [(rng.random((32, 48)) < 0.3).astype(np.uint8) for _ in range(4)]
+    result = run_rle_benchmark(masks, repeats=1)
+    assert result["masks"] == 4 and result["shape"] == [32, 48]
+    assert result["encode_speedup"] > 0 and result["decode_speedup"] > 0
+
+
+@pytest.mark.real_data
+def test_known_kaggle_prefix(real_root):
+    """The README's verified prefix of the real train_masks.csv for 00087a6bd4dc_01.jpg."""
+    mask = read_mask(Layout(real_root).mask_path("00087a6bd4dc_01.jpg"))
+    assert mask.shape == rle.FULL_SHAPE
+    assert rle.encode(mask).startswith("879386 40 881253 141 883140 205 885009 17")
+
+
+@pytest.mark.real_data
+def test_every_real_train_mask_row(real_root):
+    """Every row of the real train_masks.csv encodes from and decodes to its GIF."""
+    layout = Layout(real_root)
+    table = pd.read_csv(layout.train_masks_csv)
+    assert len(table) == 1552
+    for img, text in table.itertuples(index=False):
+        mask = read_mask(layout.mask_dir / mask_name(img))
+        assert rle.encode(mask) == text, img
+        np.testing.assert_array_equal(rle.decode(text), mask, err_msg=img)
+
+
+@pytest.mark.real_data
+def test_real_masks_on_torch_match(real_root):
+    layout = Layout(real_root)
+    table = pd.read_csv(layout.train_masks_csv).head(8)
+    masks = np.stack([read_mask(layout.mask_dir / mask_name(i)) for i in table["img"]])
+    assert rle.encode_torch(torch.from_numpy(masks.copy())) == table["rle_mask"].tolist()
+
+
+@pytest.mark.real_data
+def test_sample_submission_names_are_carvana_names(real_root):
+    from pipeline.data.layout import parse_name, test_names
+
+    names = test_names(real_root)
+    assert len(names) == 100064
+    cars = {parse_name(n)[0] for n in names}
+    assert len(cars) * 16 == len(names)
