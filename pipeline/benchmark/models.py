@@ -1,0 +1,286 @@
+"""``python -m pipeline.benchmark models``: size and speed of every model config on one device.
+
+For each config: parameters, forward images/s (eval, no grad), training-step images/s
+(forward + backward + AdamW step), and on CUDA the peak memory of each. Same input size, batch
+and device for all, in one run, so the ratios between models are the result; the absolute
+numbers only hold for this machine. On CUDA it runs as training does: bf16 autocast and
+channels_last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import torch.nn.functional as F
+import typer
+from tqdm import tqdm
+
+from pipeline.atomic import write_json
+from pipeline.config import ModelConfig, default_paths, load_config, to_dict
+from pipeline.errors import PipelineError, one_line_errors
+from pipeline.models.factory import build_model, count_parameters
+
+MODEL_DIR = Path("configs/models")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: the first CUDA device if there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PipelineError(f"--device {name}: no CUDA device is visible; use --device cpu")
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds_per_step(
+    fn: Callable[[], None], steps: int, warmup: int, device: torch.device
+) -> float:
+    """Median wall time of ``fn`` over ``steps`` timed calls, after ``warmup`` untimed calls (which
+    absorb cuDNN autotuning and allocator growth); the median resists a busy machine's spikes."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _peak_mib(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE for one class, cross-entropy for several: the cost of a real loss, not its value."""
+    if logits.shape[1] == 1:
+        return F.binary_cross_entropy_with_logits(logits.float(), target)
+    return F.cross_entropy(logits.float(), target)
+
+
+def benchmark_model(
+    cfg: ModelConfig,
+    *,
+    height: int,
+    width: int,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+) -> dict:
+    """Measure one model; a failure while running (out of memory, a batch too small for batch
+    norm) is recorded in ``status`` rather than raised, so the other models still run."""
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device)
+    row = {"model": cfg.label, "arch": cfg.arch, "params": count_parameters(model)}
+    if cfg.arch != "unet":
+        row["encoder"] = cfg.encoder
+    cuda = device.type == "cuda"
+    layout = torch.channels_last if cuda else torch.contiguous_format
+    model = model.to(memory_format=layout)
+    x = torch.randn(batch_size, cfg.in_channels, height, width, device=device)
+    x = x.contiguous(memory_format=layout)
+    if cfg.classes == 1:
+        target = (torch.rand(batch_size, 1, height, width, device=device) > 0.5).float()
+    else:
+        target = torch.randint(0, cfg.classes, (batch_size, height, width), device=device)
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+
+    def forward() -> None:
+        with torch.inference_mode(), autocast():
+            model(x)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            logits = model(x)
+        _loss(logits, target).backward()
+        optimizer.step()
+
+    row["status"] = "ok"
+    for phase, fn, train in (("forward", forward, False), ("train", train_step, True)):
+        model.train(train)
+        _reset_peak(device)
+        try:
+            seconds = seconds_per_step(fn, steps, warmup, device)
+        except torch.cuda.OutOfMemoryError:
+            row["status"] = f"{phase}: out of memory"
+            break
+        except (RuntimeError, ValueError) as exc:
+            row["status"] = f"{phase}: {(str(exc).strip().splitlines() or ['error'])[0]}"
+            break
+        row[f"{phase}_ms_per_batch"] = 1e3 * seconds
+        row[f"{phase}_img_per_s"] = batch_size / seconds
+        row[f"{phase}_peak_mib"] = _peak_mib(device)
+    return row
+
+
+def load_model_configs(paths: list[Path], overrides: list[str] = ()) -> list[ModelConfig]:
+    """``cfg.model`` of each file, layered on configs/base.yaml as every stage does."""
+    return [load_config(default_paths(str(p)), overrides).model for p in paths]
+
+
+def run_models_benchmark(
+    paths: list[Path],
+    *,
+    height: int = 320,
+    width: int = 480,
+    batch_size: int = 4,
+    steps: int = 10,
+    warmup: int = 2,
+    device: str = "auto",
+    overrides: list[str] = (),
+    out: Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Benchmark each model config; the JSON (if ``out``) is rewritten after every model, so an
+    interrupted run keeps what it measured."""
+    if min(height, width, batch_size, steps) < 1 or warmup < 0:
+        raise PipelineError("height, width, batch size and steps must be >= 1, warmup >= 0")
+    configs = load_model_configs(paths, overrides)  # all parse before the first slow run
+    dev = pick_device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its kernels
+    result = {
+        "device": device_name(dev),
+        "height": height,
+        "width": width,
+        "batch_size": batch_size,
+        "steps": steps,
+        "warmup": warmup,
+        "precision": "bf16 autocast, channels_last" if dev.type == "cuda" else "fp32",
+        "torch": torch.__version__,
+        "results": [],
+    }
+    for path, cfg in tqdm(list(zip(paths, configs)), desc="models", disable=not progress):
+        row = benchmark_model(
+            cfg,
+            height=height,
+            width=width,
+            batch_size=batch_size,
+            steps=steps,
+            warmup=warmup,
+            device=dev,
+        )
+        row["config"] = str(path)
+        row["model_config"] = to_dict(cfg)
+        result["results"].append(row)
+        if out is not None:
+            write_json(out, result)
+    return result
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def markdown_table(result: dict) -> str:
+    """One row per model; the ``x`` columns are speeds relative to the first model."""
+    rows = result["results"]
+    base = rows[0] if rows else {}
+    lines = [
+        (
+            f"Models on {result['device']}, {result['height']}x{result['width']}, batch "
+            f"{result['batch_size']}, {result['precision']}; x = speed relative to "
+            f"{base.get('model', '-')}"
+        ),
+        "",
+        (
+            "| model | params (M) | forward img/s | x | train img/s | x | forward peak MiB "
+            "| train peak MiB | status |"
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        ratios = []
+        for phase in ("forward", "train"):
+            value, ref = row.get(f"{phase}_img_per_s"), base.get(f"{phase}_img_per_s")
+            ratios.append(value / ref if value and ref else None)
+        lines.append(
+            f"| {row['model']} | {row['params'] / 1e6:.2f} "
+            f"| {_fmt(row.get('forward_img_per_s'), '.1f')} | {_fmt(ratios[0], '.2f')} "
+            f"| {_fmt(row.get('train_img_per_s'), '.1f')} | {_fmt(ratios[1], '.2f')} "
+            f"| {_fmt(row.get('forward_peak_mib'), '.0f')} "
+            f"| {_fmt(row.get('train_peak_mib'), '.0f')} "
+            f"| {row['status']} |"
+        )
+    return "\n".join(lines)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("models")
+    @one_line_errors
+    def models_command(
+        overrides: Annotated[
+            list[str] | None, typer.Argument(help="key=value overrides for every model.")
+        ] = None,
+        models: Annotated[
+            list[Path] | None,
+            typer.Option(
+                "--models",
+                "-m",
+                help="Model config YAMLs (repeat); default: all in configs/models.",
+            ),
+        ] = None,
+        height: Annotated[int, typer.Option(help="Input height.")] = 320,
+        width: Annotated[int, typer.Option(help="Input width.")] = 480,
+        batch_size: Annotated[int, typer.Option(help="Images per step.")] = 4,
+        steps: Annotated[int, typer.Option(help="Timed steps per phase (median).")] = 10,
+        warmup: Annotated[int, typer.Option(help="Untimed steps before each phase.")] = 2,
+        device: Annotated[
+            str, typer.Option(help="auto (cuda if available), cpu, cuda, cuda:1")
+        ] = "auto",
+        out: Annotated[Path, typer.Option(help="JSON result.")] = Path(
+            "reports/benchmark_models.json"
+        ),
+    ) -> None:
+        """Parameters, forward and training-step images/s and peak GPU memory of each model."""
+        paths = list(models) if models else sorted(MODEL_DIR.glob("*.yaml"))
+        if not paths:
+            raise PipelineError(f"{MODEL_DIR}: no model configs found; pass --models FILE.yaml")
+        result = run_models_benchmark(
+            paths,
+            height=height,
+            width=width,
+            batch_size=batch_size,
+            steps=steps,
+            warmup=warmup,
+            device=device,
+            overrides=overrides or [],
+            out=out,
+        )
+        typer.echo(markdown_table(result))
+        typer.echo(f"wrote {out}")

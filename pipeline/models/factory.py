@@ -1,0 +1,135 @@
+"""``build_model(ModelConfig)``: the hand-written U-Net or any segmentation-models-pytorch model.
+
+``arch: unet`` (lower case, exactly) builds :class:`pipeline.models.unet.UNet`; any other value
+is an SMP architecture name (``Unet``, ``UnetPlusPlus``, ``FPN``, ``DeepLabV3Plus``, ``Linknet``,
+``Segformer``, ...) built by ``smp.create_model`` with ``encoder`` and ``encoder_weights``
+(None by default: nothing is downloaded; ``imagenet`` needs internet). SMP models are wrapped
+in :class:`PadToMultiple`, so every model takes any H x W (1280 x 1918 included) and returns
+logits N x classes x H x W.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+
+from torch import nn
+
+from pipeline.config import ModelConfig
+from pipeline.errors import PipelineError
+from pipeline.models.unet import UNet
+from pipeline.models.unet_parts import PadToMultiple
+
+HAND_WRITTEN = "unet"
+UPSAMPLE_MODES = ("transpose", "bilinear")
+
+
+def smp_architectures() -> list[str]:
+    """SMP's architecture class names (Unet, UnetPlusPlus, FPN, ...)."""
+    import segmentation_models_pytorch as smp
+
+    return [cls.__name__ for cls in smp.MODEL_ARCHITECTURES_MAPPING.values()]
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """A freshly initialised model for ``cfg``: logits N x classes x H x W for any H, W."""
+    if cfg.classes < 1 or cfg.in_channels < 1:
+        raise PipelineError(
+            f"model config '{cfg.label}': classes and in_channels must be >= 1 "
+            f"(got classes={cfg.classes}, in_channels={cfg.in_channels})"
+        )
+    if cfg.arch == HAND_WRITTEN:
+        return _build_unet(cfg)
+    return _build_smp(cfg)
+
+
+def _build_unet(cfg: ModelConfig) -> UNet:
+    problems = []
+    if cfg.depth < 1:
+        problems.append(f"model.depth must be >= 1 (got {cfg.depth})")
+    if cfg.base_width < 1:
+        problems.append(f"model.base_width must be >= 1 (got {cfg.base_width})")
+    if cfg.kernel_size < 1 or cfg.kernel_size % 2 == 0:
+        problems.append(
+            f"model.kernel_size must be odd (same padding needs it; got {cfg.kernel_size})"
+        )
+    if cfg.upsample not in UPSAMPLE_MODES:
+        problems.append(f"model.upsample must be one of {', '.join(UPSAMPLE_MODES)}")
+    if problems:
+        raise PipelineError(f"model config '{cfg.label}': " + "; ".join(problems))
+    return UNet(
+        cfg.in_channels,
+        cfg.classes,
+        base_width=cfg.base_width,
+        depth=cfg.depth,
+        batch_norm=cfg.batch_norm,
+        skip=cfg.skip,
+        upsample=cfg.upsample,
+        kernel_size=cfg.kernel_size,
+    )
+
+
+def _build_smp(cfg: ModelConfig) -> PadToMultiple:
+    import segmentation_models_pytorch as smp
+
+    if cfg.arch.lower() not in smp.MODEL_ARCHITECTURES_MAPPING:
+        valid = [HAND_WRITTEN + " (hand-written)"] + smp_architectures()
+        close = difflib.get_close_matches(cfg.arch, [HAND_WRITTEN] + smp_architectures(), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise PipelineError(
+            f"model config '{cfg.label}': unknown model.arch '{cfg.arch}'{hint}; "
+            f"valid: {', '.join(valid)}"
+        )
+    try:
+        model = smp.create_model(
+            cfg.arch,
+            encoder_name=cfg.encoder,
+            encoder_weights=cfg.encoder_weights,
+            in_channels=cfg.in_channels,
+            classes=cfg.classes,
+        )
+    except Exception as exc:  # noqa: BLE001 -- KeyError for a bad name, hub/HTTP errors offline
+        raise PipelineError(
+            f"model config '{cfg.label}': SMP cannot build {cfg.arch} with encoder "
+            f"'{cfg.encoder}' and encoder_weights={cfg.encoder_weights}: {_first_line(exc)}"
+            f"{_encoder_hint(cfg)}"
+        ) from None
+    _drop_unused_head(model.encoder)
+    # Encoders downsample by output_stride (32; 16 for DeepLabV3+); padding to a multiple of
+    # both it and pad_multiple keeps SMP's own divisibility check satisfied for any image size.
+    stride = getattr(model.encoder, "output_stride", 1)
+    return PadToMultiple(model, math.lcm(max(cfg.pad_multiple, 1), stride))
+
+
+def _drop_unused_head(encoder: nn.Module) -> None:
+    """SMP's EfficientNet encoders keep the ImageNet classifier's conv head (``_conv_head``,
+    ``_bn1``), which their forward never calls. Parameters that never get a gradient make
+    DistributedDataParallel fail, so they go (after any pretrained weights were loaded)."""
+    if "EfficientNet" in type(encoder).__name__:
+        for name in ("_conv_head", "_bn1"):
+            if isinstance(getattr(encoder, name, None), nn.Module):
+                delattr(encoder, name)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc.args[0]) if exc.args else str(exc)  # KeyError repr-quotes its message
+    text = (text.strip().splitlines() or [""])[0]
+    text = text.split(", supported encoders")[0]  # SMP appends all ~100 names
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _encoder_hint(cfg: ModelConfig) -> str:
+    import segmentation_models_pytorch as smp
+
+    names = smp.encoders.get_encoder_names()
+    if cfg.encoder not in names and not cfg.encoder.startswith("tu-"):
+        close = difflib.get_close_matches(cfg.encoder, names, n=3)
+        return f" (close encoders: {', '.join(close)})" if close else ""
+    if cfg.encoder_weights:
+        return " (pretrained weights need internet; model.encoder_weights=null trains from scratch)"
+    return ""
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (only those with requires_grad when ``trainable_only``)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,450 @@
+"""Models: every config builds and trains a step at an odd size; the U-Net's options do what
+they say (no skip path, no batch norm, bilinear, kernel size); padding is exact; checkpoints
+round-trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import typer
+import yaml
+from torch import nn
+from typer.testing import CliRunner
+
+from pipeline.config import FULL_HEIGHT, FULL_WIDTH, Config, ModelConfig, load_config
+from pipeline.errors import PipelineError
+from pipeline.models import PadToMultiple, UNet, build_model, count_parameters
+from pipeline.models.checkpoint import load_model, save_checkpoint
+from pipeline.models.unet_parts import Up, crop_pads, pad_to_multiple
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_CONFIGS = sorted((REPO / "configs" / "models").glob("*.yaml"))
+ODD = (70, 102)  # neither divisible by 16 nor by 32, like 1918
+SMALL_ODD = (38, 54)  # the same, smaller: the full-width configs run forward and backward at it
+
+
+def tiny_unet(**changes) -> ModelConfig:
+    return dataclasses.replace(ModelConfig(arch="unet", base_width=4), **changes)
+
+
+def test_the_issue_configs_exist():
+    names = {p.stem for p in MODEL_CONFIGS}
+    expected = {
+        "unet",
+        "unet_noskip",
+        "unet_nobn",
+        "unet_k5",
+        "unet_bilinear",
+        "unet_small",
+        "smp_unet_resnet34",
+        "smp_unet_resnet18",
+        "smp_unetpp_resnet34",
+        "smp_fpn_resnet34",
+        "smp_deeplabv3p_resnet34",
+        "smp_linknet_resnet34",
+        "smp_unet_effb3",
+        "smp_segformer_mitb2",
+    }
+    assert expected <= names
+
+
+@pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: p.stem)
+def test_config_builds_and_trains_a_step_at_an_odd_size(path):
+    raw = yaml.safe_load(path.read_text())
+    assert set(raw) == {"model"} and raw["model"].get("name"), "a model file holds model: + name"
+    cfg = load_config([path]).model
+    assert cfg.encoder_weights is None  # nothing may be downloaded
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    x = torch.randn(2, 3, *SMALL_ODD)  # batch 2: DeepLabV3+'s image pooling needs > 1 value
+    y = model(x)
+    assert y.shape == (2, cfg.classes, *SMALL_ODD)
+    assert torch.isfinite(y).all()
+    y.square().mean().backward()
+    params = list(model.parameters())
+    # every parameter is used (DistributedDataParallel fails on one that gets no gradient)
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    assert params[0].grad is not None and params[0].grad.abs().sum() > 0  # the first conv
+    assert params[-1].grad is not None and params[-1].grad.abs().sum() > 0  # the head
+
+
+def test_unet_yaml_is_the_papers_network():
+    model = build_model(load_config([REPO / "configs/models/unet.yaml"]).model)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs[0].in_channels == 3 and convs[0].out_channels == 64
+    assert convs[0].kernel_size == (3, 3) and convs[0].padding == (1, 1)
+    assert model.downs[-1].maxpool_conv[1].double_conv[-3].out_channels == 1024  # bottleneck
+    assert isinstance(model.ups[0].up, nn.ConvTranspose2d)
+    assert model.ups[0].conv.double_conv[0].in_channels == 1024  # 512 upsampled + 512 skip
+    assert model.outc.conv.kernel_size == (1, 1)
+    assert len(model.downs) == 4 and len(model.ups) == 4
+    assert sum(isinstance(m, nn.MaxPool2d) for m in model.modules()) == 4
+    assert count_parameters(model) == _paper_unet_parameters() == 31_037_633
+
+
+def _paper_unet_parameters(c_in: int = 3, width: int = 64, depth: int = 4, classes: int = 1):
+    """Counted by hand: bias-free 3x3 convs + batch norm (weight, bias), 2x2 transposed convs
+    and the 1x1 head with biases."""
+
+    def double(a, b):
+        return a * b * 9 + 2 * b + b * b * 9 + 2 * b
+
+    total = double(c_in, width)
+    for i in range(depth):
+        c = width * 2**i
+        total += double(c, 2 * c)  # down
+        total += 2 * c * c * 4 + c + double(2 * c, c)  # up: transposed conv, then conv on concat
+    return total + width * classes + classes
+
+
+@pytest.mark.parametrize("size", [(1, 1), (5, 7), (17, 33), (64, 96), ODD, (127, 129)])
+def test_unet_output_has_the_input_size(size):
+    model = build_model(tiny_unet()).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, *size)).shape == (1, 1, *size)
+
+
+@pytest.mark.parametrize("size", [(3, 5), (33, 47), (96, 128)])
+def test_smp_output_has_the_input_size(size):
+    model = build_model(ModelConfig(arch="Linknet", encoder="resnet18")).eval()
+    assert isinstance(model, PadToMultiple) and model.multiple == 32
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, *size)).shape == (1, 1, *size)
+
+
+def test_deeplab_pads_to_its_output_stride_too():
+    model = build_model(ModelConfig(arch="DeepLabV3Plus", encoder="resnet18", pad_multiple=8))
+    assert model.multiple == 16  # lcm(8, output stride 16): SMP's shape check always passes
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 40, 50)).shape == (1, 1, 40, 50)
+
+
+def test_multiclass_logits():
+    for cfg in (tiny_unet(classes=3), ModelConfig(arch="FPN", encoder="resnet18", classes=3)):
+        model = build_model(cfg).eval()
+        with torch.no_grad():
+            assert model(torch.randn(2, 3, *ODD)).shape == (2, 3, *ODD)
+
+
+def test_one_input_channel():
+    model = build_model(tiny_unet(in_channels=1)).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 20, 30)).shape == (1, 1, 20, 30)
+
+
+# ------------------------------------------------------------------------ padding
+
+
+def test_pad_to_multiple_mirrors_and_crop_restores():
+    x = torch.arange(2 * 3 * 5 * 7, dtype=torch.float32).reshape(2, 3, 5, 7)
+    padded, pads = pad_to_multiple(x, 8)
+    assert padded.shape == (2, 3, 8, 8)
+    assert pads == (0, 1, 1, 2)  # (left, right, top, bottom); the odd pixel goes right/bottom
+    reference = np.pad(x.numpy(), ((0, 0), (0, 0), (1, 2), (0, 1)), mode="reflect")
+    np.testing.assert_array_equal(padded.numpy(), reference)
+    assert torch.equal(crop_pads(padded, pads), x)
+    same, none = pad_to_multiple(x[..., :4, :4], 4)
+    assert none == (0, 0, 0, 0) and same.shape == (2, 3, 4, 4)
+
+
+def test_pad_too_small_to_mirror_replicates_the_edge():
+    x = torch.randn(1, 1, 2, 3)
+    padded, pads = pad_to_multiple(x, 16)
+    assert padded.shape == (1, 1, 16, 16)
+    assert torch.equal(padded[..., 0, 0], x[..., 0, 0])  # replicated corner
+    assert torch.equal(crop_pads(padded, pads), x)
+
+
+def test_pad_keeps_channels_last():
+    x = torch.randn(2, 3, 30, 50).contiguous(memory_format=torch.channels_last)
+    padded, _ = pad_to_multiple(x, 32)
+    assert padded.is_contiguous(memory_format=torch.channels_last)
+
+
+class _NeedsMultipleOf32(nn.Module):
+    def forward(self, x):
+        assert x.shape[-2] % 32 == 0 and x.shape[-1] % 32 == 0, x.shape
+        return x * 2
+
+
+class _PredictsAtQuarterSize(nn.Module):
+    def forward(self, x):
+        return nn.functional.avg_pool2d(x, 4)
+
+
+def test_pad_to_multiple_wrapper_is_exact_on_the_original_pixels():
+    x = torch.randn(2, 3, 45, 70)
+    y = PadToMultiple(_NeedsMultipleOf32(), 32)(x)
+    assert torch.equal(y, x * 2)
+    assert PadToMultiple(_PredictsAtQuarterSize(), 32)(x).shape == x.shape
+
+
+# ------------------------------------------------------------------------ ablations
+
+
+def _with_bottleneck_of(model: UNet, source: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """model(x), with the bottleneck replaced by the one ``source`` produces."""
+    with torch.no_grad():
+        kept = model.forward_features(source)["bottleneck"]
+        hook = model.downs[-1].register_forward_hook(lambda _m, _i, _o: kept)
+        try:
+            return model(x)
+        finally:
+            hook.remove()
+
+
+@pytest.mark.parametrize("upsample", ["transpose", "bilinear"])
+def test_without_skips_the_output_depends_on_the_bottleneck_alone(upsample):
+    torch.manual_seed(0)
+    a, b = torch.randn(2, 1, 3, 48, 64)
+    for skip in (False, True):
+        model = build_model(tiny_unet(skip=skip, upsample=upsample)).eval()
+        with torch.no_grad():
+            out_a = model(a)
+        swapped = _with_bottleneck_of(model, a, b)  # b's encoder, a's bottleneck
+        if skip:
+            # the check can fail: with skips, b's fine detail reaches the output
+            assert (swapped - out_a).abs().max() > 1e-3
+        else:
+            assert torch.equal(swapped, out_a)
+
+
+def test_noskip_decoder_convs_have_no_concatenated_channels():
+    skip, noskip = build_model(tiny_unet()), build_model(tiny_unet(skip=False))
+    for up_s, up_n in zip(skip.ups, noskip.ups):
+        first_s, first_n = up_s.conv.double_conv[0], up_n.conv.double_conv[0]
+        assert first_s.in_channels == 2 * first_n.in_channels
+        assert up_n.skip_channels == 0
+    with pytest.raises(ValueError, match="without a skip"):
+        noskip.ups[0](torch.randn(1, 64, 3, 4), torch.randn(1, 32, 6, 8))
+
+
+def test_up_aligns_a_skip_of_odd_size():
+    up = Up(16, 8, 8)
+    assert up(torch.randn(1, 16, 5, 7), torch.randn(1, 8, 11, 15)).shape == (1, 8, 11, 15)
+
+
+def test_batch_norm_off_removes_batch_norm_and_adds_biases():
+    off = build_model(tiny_unet(batch_norm=False))
+    on = build_model(tiny_unet(batch_norm=True))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in off.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in on.modules()) == 2 * (1 + 4 + 4)
+    convs_off = [m for m in off.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    convs_on = [m for m in on.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert all(c.bias is not None for c in convs_off)
+    assert all(c.bias is None for c in convs_on)
+
+
+def test_bilinear_upsampling_has_no_transposed_convs():
+    model = build_model(tiny_unet(upsample="bilinear"))
+    assert not any(isinstance(m, nn.ConvTranspose2d) for m in model.modules())
+    assert sum(isinstance(m, nn.Upsample) for m in model.modules()) == 4
+
+
+def test_kernel_size_ablation_keeps_the_size():
+    model = build_model(tiny_unet(kernel_size=5)).eval()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)]
+    assert convs and all(c.kernel_size == (5, 5) and c.padding == (2, 2) for c in convs)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, *ODD)).shape == (1, 1, *ODD)
+
+
+def test_depth_and_width_options():
+    model = build_model(tiny_unet(depth=2, base_width=6))
+    assert (
+        len(model.downs) == 2 and model.downs[-1].maxpool_conv[1].double_conv[0].out_channels == 24
+    )
+
+
+# ------------------------------------------------------------------------ feature maps
+
+
+def test_feature_maps_have_the_expected_shapes():
+    model = build_model(tiny_unet(base_width=8)).eval()
+    x = torch.randn(2, 3, *ODD)  # padded to 80 x 112 inside
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        logits = model(x)
+    assert feats["first_double_conv"].shape == (2, 8, 80, 112)
+    for i in range(1, 5):
+        assert feats[f"down{i}"].shape == (2, 8 * 2**i, 80 // 2**i, 112 // 2**i)
+        level = 4 - i  # up1 is the coarsest decoder output
+        assert feats[f"up{i}"].shape == (2, 8 * 2**level, 80 // 2**level, 112 // 2**level)
+    assert feats["bottleneck"].shape == (2, 128, 5, 7)
+    assert feats["first_up"] is feats["up1"] and feats["first_up"].shape == (2, 64, 10, 14)
+    assert torch.equal(feats["logits"], logits)
+    assert not model._forward_hooks and not model.inc._forward_hooks  # hooks removed
+
+
+# ------------------------------------------------------------------------ full size
+
+
+def test_full_size_unet():
+    model = build_model(tiny_unet(base_width=2)).eval()
+    with torch.no_grad():
+        y = model(torch.randn(1, 3, FULL_HEIGHT, FULL_WIDTH))
+    assert y.shape == (1, 1, FULL_HEIGHT, FULL_WIDTH)
+
+
+@pytest.mark.slow
+def test_full_size_smp_unet_resnet18():
+    model = build_model(ModelConfig(arch="Unet", encoder="resnet18")).eval()
+    with torch.no_grad():
+        y = model(torch.randn(1, 3, FULL_HEIGHT, FULL_WIDTH))
+    assert y.shape == (1, 1, FULL_HEIGHT, FULL_WIDTH)
+    assert torch.isfinite(y).all()
+
+
+# ------------------------------------------------------------------------ checkpoints
+
+
+@pytest.mark.parametrize(
+    "model_cfg",
+    [tiny_unet(), ModelConfig(arch="Unet", encoder="resnet18", classes=2)],
+    ids=["unet", "smp"],
+)
+def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, model_cfg):
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(Config(), model=model_cfg)
+    model = build_model(model_cfg).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(torch.randn(2, 3, 32, 48)).mean().backward()  # moves weights and batch-norm stats
+    optimizer.step()
+    model.eval()
+    x = torch.randn(2, 3, *ODD)
+    with torch.no_grad():
+        expected = model(x)
+    path = save_checkpoint(tmp_path / "ckpt" / "model.pt", model, cfg, metrics={"dice": 0.5})
+    assert not list(path.parent.glob(".*.tmp"))  # written atomically: no leftovers
+    loaded, ckpt = load_model(path)  # rebuilt from the file alone
+    assert not loaded.training and type(loaded) is type(model)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), expected)
+    assert ckpt["metrics"] == {"dice": 0.5}
+    assert ckpt["model_config"]["arch"] == model_cfg.arch
+    assert ckpt["config"]["train"]["epochs"] == cfg.train.epochs
+
+
+# ------------------------------------------------------------------------ errors
+
+
+def test_unknown_arch_lists_the_valid_ones():
+    with pytest.raises(PipelineError) as err:
+        build_model(ModelConfig(arch="Unett"))
+    message = str(err.value)
+    assert "Unett" in message and "unet (hand-written)" in message
+    assert "UnetPlusPlus" in message and "Segformer" in message and "did you mean Unet" in message
+    assert "\n" not in message
+
+
+def test_unknown_encoder_is_one_short_line():
+    with pytest.raises(PipelineError) as err:
+        build_model(ModelConfig(arch="Unet", encoder="resnet35"))
+    message = str(err.value)
+    assert "resnet35" in message and "resnet34" in message  # the close names
+    assert "\n" not in message and len(message) < 400
+
+
+@pytest.mark.parametrize(
+    "change, word",
+    [
+        ({"kernel_size": 4}, "kernel_size"),
+        ({"depth": 0}, "depth"),
+        ({"upsample": "nearest"}, "upsample"),
+        ({"classes": 0}, "classes"),
+    ],
+)
+def test_bad_unet_options_are_rejected(change, word):
+    with pytest.raises(PipelineError, match=word):
+        build_model(tiny_unet(**change))
+
+
+# ------------------------------------------------------------------------ benchmark
+
+
+def test_benchmark_models_command(tmp_path):
+    from pipeline.benchmark.models import register
+
+    cfg_a = tmp_path / "a.yaml"
+    cfg_a.write_text("model:\n  name: tiny-a\n  arch: unet\n  base_width: 4\n  depth: 2\n")
+    cfg_b = tmp_path / "b.yaml"
+    cfg_b.write_text("model:\n  name: tiny-b\n  arch: unet\n  base_width: 2\n  depth: 2\n")
+    app = typer.Typer()
+    register(app)
+    app.command("noop")(lambda: None)  # a second command keeps "models" a subcommand
+    out = tmp_path / "reports" / "bench.json"
+    args = [
+        "models",
+        "--models",
+        str(cfg_a),
+        "--models",
+        str(cfg_b),
+        "--height",
+        "24",
+        "--width",
+        "36",
+        "--batch-size",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "model.classes=2",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "| tiny-a |" in result.output and "| tiny-b |" in result.output
+    data = json.loads(out.read_text())
+    assert data["height"] == 24 and data["device"].startswith("cpu")
+    rows = data["results"]
+    assert [r["model"] for r in rows] == ["tiny-a", "tiny-b"]
+    for row in rows:
+        assert row["status"] == "ok", row["status"]
+        assert row["forward_img_per_s"] > 0 and row["train_img_per_s"] > 0
+        assert row["forward_peak_mib"] is None  # CPU: no GPU memory to report
+        assert row["model_config"]["classes"] == 2
+    assert rows[0]["params"] > rows[1]["params"]
+
+    bad = CliRunner().invoke(app, ["models", "--models", str(tmp_path / "nope.yaml")])
+    assert bad.exit_code == 1
+
+
+def test_benchmark_table_gives_ratios_to_the_first_model():
+    from pipeline.benchmark.models import markdown_table
+
+    result = {"device": "cpu", "height": 8, "width": 8, "batch_size": 2, "precision": "fp32"}
+    result["results"] = [
+        {
+            "model": "a",
+            "params": 2e6,
+            "status": "ok",
+            "forward_img_per_s": 40.0,
+            "train_img_per_s": 10.0,
+            "forward_peak_mib": 100.0,
+            "train_peak_mib": 300.0,
+        },
+        {
+            "model": "b",
+            "params": 1e6,
+            "status": "ok",
+            "forward_img_per_s": 20.0,
+            "train_img_per_s": 30.0,
+            "forward_peak_mib": None,
+            "train_peak_mib": None,
+        },
+        {"model": "c", "params": 5e5, "status": "train: out of memory", "forward_img_per_s": 80.0},
+    ]
+    lines = markdown_table(result).splitlines()
+    assert "relative to a" in lines[0]
+    assert lines[4] == "| a | 2.00 | 40.0 | 1.00 | 10.0 | 1.00 | 100 | 300 | ok |"
+    assert lines[5] == "| b | 1.00 | 20.0 | 0.50 | 30.0 | 3.00 | - | - | ok |"
+    assert lines[6] == "| c | 0.50 | 80.0 | 2.00 | - | - | - | - | train: out of memory |"
