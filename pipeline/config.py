@@ -114,6 +114,18 @@ class TrainConfig:
     seed: int = 42
     max_steps: int = 0  # stop each epoch after this many steps (0: full epoch); for smoke runs
     augment: bool = True
+    # training-engineer fields (pipeline/train.py, pipeline/data/dataset.py):
+    plateau_patience: int = 2  # scheduler: plateau -- epochs without val Dice gain before lr cut
+    plateau_factor: float = 0.5  # scheduler: plateau -- lr multiplier at each cut
+    aug_hflip: float = 0.5  # probability of a horizontal flip
+    aug_affine: float = 0.5  # probability of the small affine below
+    aug_shift: float = 0.05  # affine shift, fraction of the image size
+    aug_scale: float = 0.1  # affine zoom range 1 +- aug_scale
+    aug_rotate: float = 5.0  # affine rotation range in degrees
+    aug_color: float = 0.3  # probability of brightness/contrast and, separately, hue/saturation
+    threads: int = 0  # torch CPU threads per process; 0: the cores divided by local processes
+    live: bool = True  # per-epoch metrics and plots through DVCLive (dvclive/<model>/fold<K>)
+    time_budget_min: float = 0.0  # >0: fit the epochs into this wall time (benchmark)
 
 
 @dataclass
@@ -138,7 +150,7 @@ class SubmitConfig:
 class BenchmarkConfig:
     models: list[str] = field(default_factory=lambda: ["configs/models/unet.yaml"])
     folds: list[int] = field(default_factory=lambda: [0])
-    time_budget_min: float = 0.0  # 0: use train.epochs
+    time_budget_min: float = 0.0  # >0: every run trains for this wall time (equal budget)
 
 
 @dataclass

@@ -16,7 +16,6 @@ from typing import Annotated
 import numpy as np
 import pandas as pd
 import typer
-from sklearn.model_selection import StratifiedGroupKFold
 
 from pipeline.atomic import atomic_path
 from pipeline.config import FoldsConfig, default_paths, load_config
@@ -65,6 +64,8 @@ def make_folds(index: pd.DataFrame, cfg: FoldsConfig) -> pd.DataFrame:
     order = {car: i for i, car in enumerate(rng.permutation(cars))}
     shuffled = index.assign(_order=index["car_id"].map(order)).sort_values(["_order", "angle"])
     shuffled = shuffled.reset_index(drop=True)
+
+    from sklearn.model_selection import StratifiedGroupKFold  # slow import: only when splitting
 
     splitter = StratifiedGroupKFold(n_splits=cfg.n_folds, shuffle=True, random_state=cfg.seed)
     strata = _strata(shuffled, cfg.stratify, cfg.n_folds)

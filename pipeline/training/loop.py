@@ -1,0 +1,183 @@
+"""One training epoch and one validation pass, plus the precision settings they share.
+
+Both loops return sums (loss x images, confusion counts) so that DDP ranks can add them before
+anything is divided.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from pipeline.errors import PipelineError
+from pipeline.metrics import confusion_counts
+from pipeline.training.schedule import Schedule
+
+WORKER_ERROR_PREFIX = "pipeline.errors.PipelineError: "
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Autocast dtype (None: fp32) and whether fp16 needs a gradient scaler."""
+
+    dtype: torch.dtype | None = None
+    scaler: bool = False
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+
+def resolve_precision(name: str, device: torch.device) -> Precision:
+    """``auto``: bf16 autocast on a CUDA GPU that supports it, else fp16 with a gradient scaler;
+    fp32 on CPU (CPU autocast is rarely faster on small machines). Explicit names are honoured
+    where they make sense."""
+    cuda = device.type == "cuda"
+    if name == "auto":
+        if not cuda:
+            return Precision()
+        name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if name == "fp32":
+        return Precision()
+    if name == "bf16":
+        return Precision(torch.bfloat16)
+    if name == "fp16":
+        if not cuda:
+            raise PipelineError("train.precision=fp16 needs a CUDA GPU; use fp32 or bf16 on CPU")
+        return Precision(torch.float16, scaler=True)
+    raise PipelineError(f"train.precision must be auto, fp32, bf16 or fp16, got '{name}'")
+
+
+def autocast(precision: Precision, device: torch.device):
+    if precision.dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=precision.dtype)
+
+
+@contextlib.contextmanager
+def clean_worker_errors():
+    """A ``PipelineError`` raised inside a DataLoader worker arrives wrapped in a traceback;
+    re-raise it as the one line it was."""
+    try:
+        yield
+    except PipelineError as exc:
+        lines = [ln for ln in str(exc).splitlines() if ln.startswith(WORKER_ERROR_PREFIX)]
+        if not lines:
+            raise
+        raise PipelineError(lines[-1][len(WORKER_ERROR_PREFIX):]) from None
+
+
+def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@dataclass
+class EpochResult:
+    loss_sum: float  # sum over images of the per-batch mean loss x batch size
+    images: int
+    seconds: float
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    scaler: torch.amp.GradScaler,
+    *,
+    device: torch.device,
+    precision: Precision,
+    accumulate: int = 1,
+    grad_clip: float = 0.0,
+    max_steps: int = 0,
+    channels_last: bool = False,
+    desc: str = "train",
+    progress: bool = True,
+) -> EpochResult:
+    """One pass over ``loader``: gradients accumulated over ``accumulate`` batches, clipped to
+    ``grad_clip`` (0: off), then one optimiser step and one schedule step."""
+    model.train()
+    n_batches = len(loader) if not max_steps else min(len(loader), max_steps)
+    loss_sum, images, start = 0.0, 0, time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    bar = tqdm(total=n_batches, desc=desc, disable=not progress, leave=False, unit="batch")
+    with clean_worker_errors():
+        for i, (x, y, *_) in enumerate(loader):
+            if i >= n_batches:
+                break
+            x, y = _to_device(x, device, channels_last), y.to(device, non_blocking=True)
+            stepping = (i + 1) % accumulate == 0 or i + 1 == n_batches
+            # DDP: skip the gradient all-reduce on batches that only accumulate
+            sync = contextlib.nullcontext() if stepping or not hasattr(model, "no_sync") \
+                else model.no_sync()
+            with sync:
+                with autocast(precision, device):
+                    logits = model(x)
+                loss = loss_fn(logits.float(), y)
+                scaler.scale(loss / accumulate).backward()
+            if stepping:
+                if grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                schedule.step_batch()
+            batch_loss = float(loss.detach())
+            loss_sum += batch_loss * x.shape[0]
+            images += x.shape[0]
+            bar.update()
+            bar.set_postfix(loss=f"{batch_loss:.4f}",
+                            img_s=f"{images / (time.perf_counter() - start):.1f}")
+    bar.close()
+    return EpochResult(loss_sum, images, time.perf_counter() - start)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader,
+    loss_fn: nn.Module,
+    *,
+    device: torch.device,
+    precision: Precision,
+    channels_last: bool = False,
+    full_res: bool = False,
+    progress: bool = True,
+) -> tuple[torch.Tensor, float, int]:
+    """Summed ``confusion_counts`` (tp, fp, fn, tn, dice_sum, n), loss sum and image count.
+
+    A pixel is car where its logit is > 0 (probability > 0.5). With ``full_res`` the loader
+    yields the source-resolution mask as a third item and logits are upsampled to it
+    (bilinear) before thresholding: the competition's 1918x1280 metric.
+    """
+    model.eval()
+    counts = torch.zeros(6, dtype=torch.float64, device=device)
+    loss_sum, images = 0.0, 0
+    bar = tqdm(total=len(loader), desc="val", disable=not progress, leave=False, unit="batch")
+    with clean_worker_errors():
+        for batch in loader:
+            x, y = _to_device(batch[0], device, channels_last), batch[1].to(device)
+            with autocast(precision, device):
+                logits = model(x)
+            logits = logits.float()
+            loss_sum += float(loss_fn(logits, y)) * x.shape[0]
+            images += x.shape[0]
+            if full_res:
+                target = batch[2].to(device)
+                logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear",
+                                       align_corners=False)
+            else:
+                target = y
+            counts += confusion_counts(logits > 0, target > 0.5)
+            bar.update()
+    bar.close()
+    return counts, loss_sum, images

@@ -1,0 +1,96 @@
+"""What ``--resume`` needs beyond the weights: progress through the epochs and RNG states."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.config import Config, ModelConfig, from_dict
+from pipeline.errors import PipelineError
+from pipeline.models.checkpoint import load_checkpoint, unwrap
+
+
+@dataclass
+class Progress:
+    """Where training stands after ``history[-1]``; saved in ``last.pt``."""
+
+    history: list[dict] = field(default_factory=list)
+    best_dice: float = -1.0
+    best_epoch: int = -1
+    bad_epochs: int = 0  # epochs since the best one, for early stopping
+    stopped: bool = False  # early stopping fired: a resume has nothing left to do
+
+    @property
+    def next_epoch(self) -> int:
+        return self.history[-1]["epoch"] + 1 if self.history else 0
+
+    def record(self, row: dict, patience: int) -> bool:
+        """Add one epoch; returns whether it is the new best. Without validation (fold -1)
+        the latest epoch is always the best and early stopping never fires."""
+        self.history.append(row)
+        validated = row["val_dice"] is not None
+        score = row["val_dice"] if validated else float(row["epoch"])
+        improved = score > self.best_dice
+        if improved:
+            self.best_dice, self.best_epoch, self.bad_epochs = score, row["epoch"], 0
+        else:
+            self.bad_epochs += 1
+        self.stopped = validated and patience > 0 and self.bad_epochs >= patience
+        return improved
+
+    def state_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train_state(progress: Progress, optimizer, schedule, scaler) -> dict:
+    """The ``train_state`` stored in ``last.pt``."""
+    return {"progress": progress.state_dict(), "epoch": progress.next_epoch - 1,
+            "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+            "rng": rng_state()}
+
+
+def restore(path: Path, cfg: Config, model, optimizer, schedule, scaler) -> Progress:
+    """Load ``last.pt`` into the live objects (weights, optimiser, schedule, scaler, RNGs)."""
+    ckpt = load_checkpoint(path)
+    saved = from_dict(ModelConfig, ckpt["model_config"], source=f"{path} model_config")
+    if saved != cfg.model:
+        raise PipelineError(f"{path}: was trained with a different model config; "
+                            "drop --resume to start over, or use the matching --model")
+    state = ckpt.get("train_state")
+    if not state or "progress" not in state:
+        raise PipelineError(f"{path}: has no training state to resume from; drop --resume")
+    unwrap(model).load_state_dict(ckpt["state_dict"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["scheduler"])
+    if state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    return Progress(**state["progress"])

@@ -1,0 +1,52 @@
+"""DistributedDataParallel: two CPU processes on gloo, launched by torchrun, as CI runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import FoldsConfig
+from pipeline.data.layout import train_index
+from pipeline.folds import make_folds, write_folds
+from pipeline.models.checkpoint import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_gloo(tiny_data, tmp_path):
+    folds = write_folds(make_folds(train_index(tiny_data), FoldsConfig(n_folds=2, seed=0,
+                                                                       stratify="none")),
+                        tmp_path / "folds.csv")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        f"data: {{root: {tiny_data}, cache_dir: {tmp_path / 'cache'}}}\n"
+        "model: {arch: unet, name: tiny, base_width: 8, depth: 2}\n"
+        "train: {height: 64, width: 96, epochs: 2, batch_size: 4, num_workers: 0, max_steps: 3,"
+        " threads: 1}\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "pipeline.train", "--fold", "0", "-c", str(config), "--folds", str(folds),
+           "--checkpoints", str(tmp_path / "ck"), "--metrics", str(tmp_path / "me"),
+           "--live", str(tmp_path / "dl"), "--no-progress"]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180,
+                          check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # only rank 0 reports and writes
+    assert done.stdout.count("wrote ") == 1 and done.stdout.count("epoch 2/2") == 1, done.stdout
+    assert sorted(p.name for p in (tmp_path / "me" / "tiny").iterdir()) == ["fold0.json"]
+    assert not list((tmp_path / "ck" / "tiny" / "fold0").glob(".*.tmp"))
+    metrics = json.loads((tmp_path / "me" / "tiny" / "fold0.json").read_text())
+    assert metrics["epochs"] == 2 and 0 < metrics["val_dice"] <= 1
+    assert metrics["val_images"] == 32  # both shards of fold 0, none counted twice
+    last = load_checkpoint(tmp_path / "ck" / "tiny" / "fold0" / "last.pt")
+    assert not any(k.startswith("module.") for k in last["state_dict"])  # unwrapped from DDP
+    # each rank saw 3 batches of 4: 24 training images per epoch in all
+    history = last["train_state"]["progress"]["history"]
+    assert [round(r["images_per_s"] * r["train_seconds"]) for r in history] == [24, 24]
