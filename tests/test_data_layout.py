@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data import layout as layout_mod  # not `import test_names`: pytest would collect it
+from pipeline.data import layout as layout_mod
 from pipeline.data.io import image_size, read_image, read_mask, write_image, write_mask_gif
 from pipeline.data.layout import Layout, image_name, mask_name, parse_name, train_index
 from pipeline.data.validate import ERROR, WARNING, Problem, check, validate
@@ -76,7 +76,7 @@ def test_train_index_and_test_names(tiny_data):
     )
     assert all(Path(p).is_file() for p in index["mask_path"])
     assert (index["make"] != "unknown").all()
-    names = layout_mod.test_names(tiny_data)
+    names = layout_mod.submission_names(tiny_data)
     assert len(names) == 32
     assert names == sorted(p.name for p in Layout(tiny_data).test_dir.iterdir())
 

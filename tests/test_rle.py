@@ -138,9 +138,9 @@ def test_real_masks_on_torch_match(real_root):
 
 @pytest.mark.real_data
 def test_sample_submission_names_are_carvana_names(real_root):
-    from pipeline.data.layout import parse_name, test_names
+    from pipeline.data.layout import parse_name, submission_names
 
-    names = test_names(real_root)
+    names = submission_names(real_root)
     assert len(names) == 100064
     cars = {parse_name(n)[0] for n in names}
     assert len(cars) * 16 == len(names)

@@ -37,7 +37,14 @@ from typing import Annotated, Any
 import typer
 
 from pipeline.atomic import atomic_path, write_json, write_text
-from pipeline.config import Config, default_paths, load_config, parse_override, to_dict
+from pipeline.config import (
+    Config,
+    default_paths,
+    load_config,
+    model_path,
+    parse_override,
+    to_dict,
+)
 from pipeline.errors import PipelineError, one_line_errors
 
 FOLD_RE = re.compile(r"^fold(\d+)\.json$")  # fold-1 (all images, no validation) is not CV
@@ -656,7 +663,8 @@ def register(app: typer.Typer) -> None:
         """Train and evaluate every model config on the same folds and budget; write the table."""
         paths = [str(p) for p in config] if config else default_paths()
         cfg = load_config(paths, overrides or [])
-        runs = build_runs(paths, model or cfg.benchmark.models, overrides or [], grid or [])
+        models = model or [model_path(m) for m in cfg.benchmark.models]
+        runs = build_runs(paths, models, overrides or [], grid or [])
         rows = compare(
             runs, fold or cfg.benchmark.folds, time_budget_min=cfg.benchmark.time_budget_min,
             folds_path=folds, metrics_dir=metrics, checkpoints_dir=checkpoints, live_dir=live,

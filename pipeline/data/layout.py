@@ -132,7 +132,7 @@ def train_index(root: str | Path) -> pd.DataFrame:
     return index
 
 
-def test_names(root: str | Path) -> list[str]:
+def submission_names(root: str | Path) -> list[str]:
     """Test image names in ``sample_submission.csv`` order (the order Kaggle expects)."""
     layout = Layout(root)
     path = layout.sample_submission_csv

@@ -1,0 +1,301 @@
+"""Submission files: the streaming validator, the resumable shard writer and the shard merge.
+
+Format (Kaggle's): a CSV with header ``img,rle_mask`` and one row per name of
+``sample_submission.csv``, in its order; the RLE is row-major with 1-based starts
+(:mod:`pipeline.rle`). Files may be gzip-compressed (Kaggle accepts ``.csv.gz``).
+
+Shards are written as a sequence of **gzip members**, one per chunk of rows. Concatenated gzip
+members form a valid gzip stream, so a shard can grow by appending, be cut back to the last
+finished chunk after a crash, and shards are merged by concatenating their bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from pipeline.atomic import write_json
+from pipeline.config import FULL_HEIGHT, FULL_WIDTH
+from pipeline.errors import PipelineError
+
+HEADER = "img,rle_mask"
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def open_text(path: str | Path) -> TextIO:
+    """A CSV file, gzip or plain (told apart by the gzip magic bytes), as text."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: file not found")
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic == GZIP_MAGIC:
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
+
+
+def _rows(fh: TextIO) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) for every line of a CSV, header included (line 1)."""
+    yield from enumerate(csv.reader(fh), start=1)
+
+
+def _expected_names(sample: str | Path | Iterable[str]) -> Iterator[str]:
+    """Image names in order: from a ``sample_submission.csv`` path or an iterable of names."""
+    if isinstance(sample, (str, Path)):
+        with open_text(sample) as fh:
+            rows = _rows(fh)
+            first = next(rows, (1, []))[1]
+            if first[:1] != ["img"]:
+                raise PipelineError(f"{sample}: expected a header 'img,rle_mask'")
+            for _, fields in rows:
+                if fields:
+                    yield fields[0]
+    else:
+        yield from sample
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def rle_problem(text: str, n_pixels: int) -> str | None:
+    """What is wrong with one RLE string for an image of ``n_pixels`` (None: nothing).
+
+    Checks, in order: integer tokens, an even count, starts >= 1, lengths >= 1, strictly
+    ascending starts, no overlap with the previous run, the last pixel inside the image.
+    Adjacent runs (one starting right where the previous ends) are valid.
+    """
+    tokens = text.split()
+    if not tokens:
+        return None
+    try:
+        numbers = np.array(tokens, dtype=np.int64)
+    except (ValueError, OverflowError):
+        bad = next(t for t in tokens if not t.isdigit() and not _is_int(t))
+        return f"'{bad}' is not an integer"
+    if numbers.size % 2:
+        return f"odd number of values ({numbers.size}): RLE needs start length pairs"
+    starts, lengths = numbers[0::2], numbers[1::2]
+    if (starts < 1).any():
+        i = int(np.argmax(starts < 1))
+        return f"run {i + 1} starts at {starts[i]}; starts are 1-based pixel numbers"
+    if (lengths < 1).any():
+        i = int(np.argmax(lengths < 1))
+        return f"run {i + 1} has length {lengths[i]}; lengths must be at least 1"
+    if starts.size > 1:
+        step = np.diff(starts)
+        if (step <= 0).any():
+            i = int(np.argmax(step <= 0)) + 1
+            return (f"run {i + 1} starts at {starts[i]}, not after run {i}'s start "
+                    f"{starts[i - 1]}; starts must ascend")
+        ends = starts + lengths  # one past the last pixel of each run
+        if (starts[1:] < ends[:-1]).any():
+            i = int(np.argmax(starts[1:] < ends[:-1])) + 1
+            return (f"run {i + 1} starts at {starts[i]} inside run {i} "
+                    f"({starts[i - 1]}..{ends[i - 1] - 1}); runs overlap")
+    last = starts + lengths - 1
+    if (last > n_pixels).any():
+        i = int(np.argmax(last > n_pixels))
+        return (f"run {i + 1} ({starts[i]} + {lengths[i]}) ends at pixel {last[i]}, "
+                f"outside the image ({n_pixels} pixels)")
+    return None
+
+
+def _is_int(token: str) -> bool:
+    try:
+        int(token)
+        return True
+    except ValueError:
+        return False
+
+
+def validate_submission(
+    path: str | Path,
+    sample: str | Path | Iterable[str],
+    shape: tuple[int, int] = (FULL_HEIGHT, FULL_WIDTH),
+    limit: int | None = None,
+    max_problems: int = 20,
+) -> list[str]:
+    """Problems of a submission file (empty list: valid), each naming its line and image.
+
+    ``sample``: ``sample_submission.csv`` (or the list of names) giving the names and order;
+    ``limit``: only its first ``limit`` names are expected (smoke runs). Reads both files as
+    streams, so memory stays constant on 100,064 rows. Stops after ``max_problems``.
+    """
+    path = Path(path)
+    n_pixels = shape[0] * shape[1]
+    problems: list[str] = []
+    expected = _expected_names(sample)
+    if limit is not None:
+        expected = (name for _, name in zip(range(limit), expected))
+    try:
+        fh = open_text(path)
+    except PipelineError as exc:
+        return [str(exc)]
+    with fh:
+        rows = _rows(fh)
+        try:
+            _, header = next(rows, (1, None))
+        except (csv.Error, UnicodeDecodeError, OSError, EOFError) as exc:
+            return [f"{path}: cannot be read as CSV ({exc})"]
+        if header is None:
+            return [f"{path}: empty file; expected the header '{HEADER}' and one row per image"]
+        if ",".join(header) != HEADER:
+            problems.append(f"{path}: line 1: header is '{','.join(header)}', expected '{HEADER}'")
+        n_rows = 0
+        while len(problems) < max_problems:
+            try:
+                line_no, fields = next(rows)
+            except StopIteration:
+                break
+            except (csv.Error, UnicodeDecodeError, OSError, EOFError) as exc:
+                problems.append(f"{path}: after data row {n_rows}: unreadable ({exc})")
+                return problems
+            n_rows += 1
+            want = next(expected, None)
+            where = f"{path}: line {line_no}"
+            if len(fields) != 2:
+                problems.append(f"{where}: {len(fields)} fields, expected 2 (img,rle_mask)")
+                continue
+            img, text = fields
+            if want is None:
+                problems.append(f"{where} ({img}): extra row; sample_submission.csv has only "
+                                f"{n_rows - 1} images")
+                break
+            if img != want:
+                problems.append(f"{where}: image '{img}', expected '{want}' (names and order "
+                                "must follow sample_submission.csv)")
+                continue
+            issue = rle_problem(text, n_pixels)
+            if issue:
+                problems.append(f"{where} ({img}): {issue}")
+        missing = sum(1 for _ in expected) if len(problems) < max_problems else 0
+        if missing:
+            problems.append(f"{path}: ends after {n_rows} rows; {missing} more image(s) of "
+                            "sample_submission.csv have no row")
+    return problems
+
+
+def check_submission(
+    path: str | Path,
+    sample: str | Path | Iterable[str],
+    shape: tuple[int, int] = (FULL_HEIGHT, FULL_WIDTH),
+    limit: int | None = None,
+) -> None:
+    """Raise :class:`PipelineError` with the first problems when the file is not valid."""
+    problems = validate_submission(path, sample, shape, limit)
+    if problems:
+        shown = "; ".join(problems[:3])
+        more = f" (and {len(problems) - 3} more problem(s))" if len(problems) > 3 else ""
+        raise PipelineError(f"invalid submission: {shown}{more}")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def csv_lines(names: Iterable[str], rles: Iterable[str]) -> str:
+    """``img,rle`` lines (LF-terminated) for matching names and RLE strings."""
+    return "".join(f"{n},{r}\n" for n, r in zip(names, rles, strict=True))
+
+
+def gzip_member(text: str) -> bytes:
+    """One deterministic gzip member (no timestamp, no file name) holding ``text``."""
+    return gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0)
+
+
+class ShardWriter:
+    """Append rows to ``path`` as gzip members, one per chunk, with a resume stamp.
+
+    The stamp ``<path>.json`` holds ``key`` (what the rows were computed from), the number of
+    rows written and the file size after them; it is rewritten atomically after each chunk. On
+    start, a stamp with the same key resumes: the file is cut back to the stamped size (dropping
+    a chunk a crash left half-written) and ``rows_done`` rows are skipped by the caller. Any
+    other state starts the shard afresh. ``header`` is written first when given.
+    """
+
+    def __init__(self, path: str | Path, key: str, header: str | None = None):
+        self.path = Path(path)
+        self.stamp = self.path.with_name(self.path.name + ".json")
+        self.key = key
+        self.buffer: list[str] = []
+        self.pending = 0  # rows queued in buffer
+        self.rows_done = 0  # rows durably written
+        self.resumed = False  # continued an earlier run
+        self.discarded = False  # an earlier shard with another key was replaced
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        state = self._read_stamp()
+        if state and state.get("key") == key and self._size() >= state["bytes"]:
+            with open(self.path, "r+b") as fh:
+                fh.truncate(state["bytes"])
+            self.rows_done, self.bytes = int(state["rows"]), int(state["bytes"])
+            self.resumed = True
+        else:
+            self.discarded = self.path.is_file() and self._size() > 0
+            self.path.write_bytes(gzip_member(header + "\n") if header else b"")
+            self.bytes = self._size()
+            self._write_stamp()
+
+    def _size(self) -> int:
+        return self.path.stat().st_size if self.path.is_file() else -1
+
+    def _read_stamp(self) -> dict | None:
+        try:
+            state = json.loads(self.stamp.read_text())
+            return state if {"key", "rows", "bytes"} <= set(state) else None
+        except (OSError, ValueError):
+            return None
+
+    def _write_stamp(self) -> None:
+        write_json(self.stamp, {"key": self.key, "rows": self.rows_done, "bytes": self.bytes})
+
+    def add(self, lines: str, count: int) -> None:
+        """Queue ``count`` rows (``lines``: their CSV text) for the next :meth:`flush`."""
+        self.buffer.append(lines)
+        self.pending += count
+
+    def flush(self) -> None:
+        """Append the queued rows as one gzip member, make it durable, then advance the stamp."""
+        if not self.pending:
+            return
+        data = gzip_member("".join(self.buffer))
+        with open(self.path, "ab") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.bytes += len(data)
+        self.rows_done += self.pending
+        self.buffer, self.pending = [], 0
+        self._write_stamp()
+
+    def remove(self) -> None:
+        for p in (self.path, self.stamp):
+            if p.exists():
+                p.unlink()
+
+
+def concat_files(parts: Iterable[str | Path], out: str | Path, block: int = 1 << 22) -> None:
+    """Byte-concatenate ``parts`` into ``out`` (gzip members concatenate into one stream)."""
+    with open(out, "wb") as dst:
+        for part in parts:
+            with open(part, "rb") as src:
+                while chunk := src.read(block):
+                    dst.write(chunk)
+
+
+def read_submission(path: str | Path) -> list[tuple[str, str]]:
+    """All (img, rle) rows of a submission (small files and tests; not streaming)."""
+    with open_text(path) as fh:
+        rows = list(csv.reader(fh))
+    if not rows or ",".join(rows[0]) != HEADER:
+        raise PipelineError(f"{path}: expected the header '{HEADER}'")
+    return [(r[0], r[1] if len(r) > 1 else "") for r in rows[1:]]

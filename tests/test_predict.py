@@ -1,0 +1,268 @@
+"""The inference engine: flip TTA mapped back, probability averaging over flips and models,
+upsampling to full size, RLE, the worker data path and its errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pipeline import rle
+from pipeline.config import Config, ModelConfig, PredictConfig
+from pipeline.data.dataset import normalize
+from pipeline.data.io import write_image
+from pipeline.data.layout import Layout
+from pipeline.data.layout import submission_names as sample_names
+from pipeline.errors import PipelineError
+from pipeline.models import build_model
+from pipeline.models.checkpoint import save_checkpoint
+from pipeline.predict import (
+    Ensemble,
+    Member,
+    fold_checkpoints,
+    iter_predictions,
+    load_ensemble,
+    masks_to_rle,
+    normalize_batch,
+    predict_probs,
+    resolve_checkpoints,
+    resolve_dtype,
+    tta_dims,
+)
+
+FP32 = PredictConfig(precision="fp32", num_workers=0, batch_size=4)
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+class FixedLogits(nn.Module):
+    """Ignores its input: returns the same position-dependent logits map for every image, so
+    a flipped input's prediction is NOT the flipped prediction (flip-back is observable)."""
+
+    def __init__(self, logits: np.ndarray):
+        super().__init__()
+        self.register_buffer("logits", torch.tensor(logits, dtype=torch.float32)[None, None])
+
+    def forward(self, x):
+        return self.logits.expand(x.shape[0], 1, *self.logits.shape[-2:])
+
+
+class RedChannel(nn.Module):
+    """Logits = 4 x the normalised red channel: a per-pixel map, so it commutes with flips."""
+
+    def forward(self, x):
+        return 4 * x[:, :1]
+
+
+def batch_of(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images))
+
+
+def asymmetric_images(n=2, h=16, w=24, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+    img[:, :, : w // 3, 0] = 255  # a bright left band and a dark top band: no symmetry
+    img[:, : h // 4, :, 0] = 0
+    return img
+
+
+def test_tta_dims_identity_first_and_unknown_rejected():
+    assert tta_dims([]) == [()]
+    assert tta_dims(["hflip", "vflip"]) == [(), (3,), (2,)]
+    assert tta_dims(["hflip", "hflip"]) == [(), (3,)]
+    with pytest.raises(PipelineError, match="rotate90"):
+        tta_dims(["rotate90"])
+
+
+@pytest.mark.parametrize("tta", [["hflip"], ["vflip"], ["hflip", "vflip"]])
+def test_flipped_predictions_are_flipped_back(tta):
+    h, w = 8, 12
+    logits = np.linspace(-3, 3, h * w).reshape(h, w) ** 3 / 9  # asymmetric in both axes
+    ens = Ensemble([Member(FixedLogits(logits), (h, w))])
+    images = {(h, w): batch_of(asymmetric_images(2, h, w))}
+    got = predict_probs(ens, images, dataclasses.replace(FP32, tta=tta), out_shape=(h, w))
+    # Reference: each view's prediction (always `logits`) is flipped back by the same flip.
+    views = [logits] + [{"hflip": logits[:, ::-1], "vflip": logits[::-1, :]}[t] for t in tta]
+    expected = np.mean([sigmoid(v) for v in views], axis=0)
+    assert got.shape == (2, h, w)
+    np.testing.assert_allclose(got[0].numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(got[1].numpy(), expected, atol=1e-6)
+
+
+def test_flip_tta_of_an_equivariant_model_changes_nothing():
+    h, w = 16, 24
+    images = asymmetric_images(2, h, w)
+    ens = Ensemble([Member(RedChannel(), (h, w))])
+    batch = {(h, w): batch_of(images)}
+    plain = predict_probs(ens, batch, dataclasses.replace(FP32, tta=[]), out_shape=(h, w))
+    tta = predict_probs(ens, batch, dataclasses.replace(FP32, tta=["hflip", "vflip"]),
+                        out_shape=(h, w))
+    np.testing.assert_allclose(tta.numpy(), plain.numpy(), atol=1e-6)
+    # Meaningful only because the prediction is not symmetric itself.
+    assert (plain - plain.flip(-1)).abs().max() > 0.1
+    assert (plain - plain.flip(-2)).abs().max() > 0.1
+    expected = sigmoid(4 * normalize(images[0])[0].numpy())
+    np.testing.assert_allclose(plain[0].numpy(), expected, atol=1e-5)
+
+
+def test_output_is_full_size_and_bilinear():
+    h, w = 32, 48
+    logits = np.random.default_rng(1).normal(0, 2, (h, w))
+    ens = Ensemble([Member(FixedLogits(logits), (h, w))])
+    probs = predict_probs(ens, {(h, w): batch_of(asymmetric_images(1, h, w))},
+                          dataclasses.replace(FP32, tta=[]))
+    assert probs.shape == (1, 1280, 1918) and probs.dtype == torch.float32
+    reference = cv2.resize(sigmoid(logits).astype(np.float32), (1918, 1280),
+                           interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(probs[0].numpy(), reference, atol=1e-4)
+
+
+def test_models_average_probabilities_across_input_sizes():
+    a, b, c = 2.0, -1.0, 0.5
+    members = [
+        Member(FixedLogits(np.full((8, 12), a)), (8, 12)),
+        Member(FixedLogits(np.full((8, 12), b)), (8, 12)),
+        Member(FixedLogits(np.full((4, 6), c)), (4, 6)),  # another training size
+    ]
+    ens = Ensemble(members)
+    assert ens.sizes == [(8, 12), (4, 6)]
+    images = {s: batch_of(asymmetric_images(3, *s)) for s in ens.sizes}
+    probs = predict_probs(ens, images, FP32, out_shape=(16, 24))
+    expected = (sigmoid(a) + sigmoid(b) + sigmoid(c)) / 3
+    np.testing.assert_allclose(probs.numpy(), expected, atol=1e-6)
+    assert abs(expected - sigmoid((a + b + c) / 3)) > 0.01  # not a mean of logits
+
+
+def test_normalize_batch_matches_training_normalize():
+    images = asymmetric_images(3, 10, 14)
+    got = normalize_batch(batch_of(images))
+    for i in range(3):
+        np.testing.assert_allclose(got[i].numpy(), normalize(images[i]).numpy(), atol=1e-6)
+
+
+def test_masks_to_rle_matches_numpy_encoder():
+    probs = torch.rand(3, 20, 30)
+    probs[1] = 0  # an empty mask
+    probs[2] = 1  # a full one
+    got = masks_to_rle(probs, 0.3)
+    assert got == [rle.encode((p > 0.3).numpy()) for p in probs]
+    assert got[1] == "" and got[2] == "1 600"
+
+
+def test_resolve_dtype():
+    cpu = torch.device("cpu")
+    assert resolve_dtype("fp32", cpu) is None
+    assert resolve_dtype("bf16", cpu) is torch.bfloat16
+    assert resolve_dtype("auto", cpu) in (None, torch.bfloat16)
+    with pytest.raises(PipelineError, match="needs a CUDA GPU"):
+        resolve_dtype("fp16", cpu)
+    with pytest.raises(PipelineError, match="predict.precision"):
+        resolve_dtype("fp8", cpu)
+
+
+# --------------------------------------------------------------------------- with files
+
+
+def tiny_checkpoint(path, height=32, width=48, seed=0, label="tiny"):
+    torch.manual_seed(seed)
+    cfg = Config()
+    cfg = dataclasses.replace(
+        cfg,
+        model=ModelConfig(arch="unet", base_width=4, depth=2, name=label),
+        train=dataclasses.replace(cfg.train, height=height, width=width),
+    )
+    return save_checkpoint(path, build_model(cfg.model), cfg)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny" / "fold0" / "best.pt")
+
+
+def test_load_ensemble_uses_each_training_size(tmp_path, ckpt):
+    other = tiny_checkpoint(tmp_path / "b.pt", 16, 24, seed=1)
+    ens = load_ensemble([ckpt, other], "cpu", FP32)
+    assert [m.size for m in ens.members] == [(32, 48), (16, 24)]
+    assert all(not m.model.training for m in ens.members)
+
+
+def test_iter_predictions_in_order_with_workers_equal_to_naive_loop(tiny_data, ckpt):
+    from pipeline.benchmark.predict import naive_predict
+
+    names = sample_names(tiny_data)[:6]
+    paths = [Layout(tiny_data).test_dir / n for n in names]
+    ens = load_ensemble([ckpt], "cpu", FP32)
+    cfg = dataclasses.replace(FP32, num_workers=2, batch_size=4)
+    preds = list(iter_predictions(ens, paths, cfg, "cpu", out_shape=(64, 96)))
+    assert [n for p in preds for n in p.names] == names
+    assert [i for p in preds for i in p.indices] == list(range(6))
+    probs = torch.cat([p.probs for p in preds])
+    assert probs.shape == (6, 64, 96)
+    # the same batches without workers give the same numbers
+    serial = torch.cat([p.probs for p in iter_predictions(ens, paths, FP32, "cpu", (64, 96))])
+    torch.testing.assert_close(probs, serial)
+    # an independent path (PIL decode and resize, one forward per flip, cv2 upsampling)
+    model = ens.members[0].model.to(memory_format=torch.contiguous_format)
+    naive = [rle.decode(naive_predict(model, p, (32, 48), cfg.tta, 0.5, (64, 96)), (64, 96))
+             for p in paths]
+    from pipeline.metrics import dice_per_image
+
+    agreement = dice_per_image((probs > 0.5).numpy(), np.stack(naive))
+    assert agreement.mean() > 0.95
+
+
+def test_iter_predictions_with_masks(tiny_data, ckpt):
+    layout = Layout(tiny_data)
+    imgs = sorted(p.name for p in layout.train_dir.glob("*.jpg"))[:3]
+    ens = load_ensemble([ckpt], "cpu", FP32)
+    (pred,) = iter_predictions(ens, [layout.train_dir / i for i in imgs], FP32, "cpu", (64, 96),
+                               mask_paths=[layout.mask_path(i) for i in imgs])
+    from pipeline.data.io import read_mask
+
+    assert pred.masks.shape == (3, 64, 96)
+    assert np.array_equal(pred.masks[1].numpy(), read_mask(layout.mask_path(imgs[1])))
+
+
+@pytest.mark.parametrize("defect", ["size", "corrupt", "missing"])
+def test_bad_image_is_one_clear_error_after_the_good_batches(tmp_path, tiny_data, ckpt, defect):
+    names = sample_names(tiny_data)[:8]
+    for n in names:
+        shutil.copy(Layout(tiny_data).test_dir / n, tmp_path / n)
+    bad = tmp_path / names[5]
+    if defect == "size":
+        write_image(bad, np.zeros((64, 95, 3), np.uint8))
+    elif defect == "corrupt":
+        bad.write_bytes(b"not a jpeg")
+    else:
+        bad.unlink()
+    ens = load_ensemble([ckpt], "cpu", FP32)
+    seen = []
+    with pytest.raises(PipelineError) as err:
+        for pred in iter_predictions(ens, [tmp_path / n for n in names],
+                                     dataclasses.replace(FP32, num_workers=1), "cpu", (64, 96)):
+            seen.extend(pred.names)
+    message = str(err.value)
+    assert names[5] in message and "\n" not in message
+    assert seen == names[:4]  # the first batch was predicted before the error
+    if defect == "size":
+        assert "95x64" in message and "expected 96x64" in message
+
+
+def test_fold_checkpoints_and_resolve(tmp_path):
+    for k in (2, 0, 10):
+        tiny_checkpoint(tmp_path / "m" / f"fold{k}" / "best.pt")
+    (tmp_path / "m" / "foldx").mkdir()
+    found = fold_checkpoints(tmp_path, "m")
+    assert list(found) == [0, 2, 10]
+    assert resolve_checkpoints(None, tmp_path, "m") == list(found.values())
+    with pytest.raises(PipelineError, match="no checkpoints found at .*other/fold"):
+        resolve_checkpoints(None, tmp_path, "other")
+    with pytest.raises(PipelineError, match="nope.pt: checkpoint not found"):
+        resolve_checkpoints([tmp_path / "nope.pt"], tmp_path, "m")
