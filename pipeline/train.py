@@ -189,11 +189,12 @@ def save_epoch(out_dir: Path, cfg: Config, parts: Parts, progress: Progress,
                     train_state=state)
 
 
-def budget_epochs(tc, epoch_seconds: float, first: int = 0) -> int:
-    """Epochs that fit ``tc.time_budget_min`` given one epoch's wall time (at least one more
-    than already done, at most ``tc.epochs``)."""
-    fit = int(tc.time_budget_min * 60 // max(epoch_seconds, 1e-9))
-    return max(first + 1, min(tc.epochs, first + fit))
+def budget_epochs(tc, spent_s: float, done: int) -> int:
+    """Total epochs that fit ``tc.time_budget_min`` when ``done`` epochs took ``spent_s``
+    seconds; never fewer than ``done``, never more than ``tc.epochs``."""
+    pace = spent_s / max(done, 1)
+    left = tc.time_budget_min * 60 - spent_s
+    return max(done, min(tc.epochs, done + int(left // max(pace, 1e-9))))
 
 
 def train(
@@ -265,19 +266,23 @@ def _train(cfg: Config, fold: int, info: DistInfo, *, folds_path: Path, out_dir:
                       params={"fold": fold, **to_dict(cfg)})
     tracker.replay(state.history)
     epochs = tc.epochs
+    spent = sum(r["epoch_seconds"] for r in state.history)  # budget already used before a resume
     try:
         for epoch in range(state.next_epoch, tc.epochs):
             if state.stopped or epoch >= epochs:
                 break
             row = run_epoch(epoch, cfg, parts, train_loader, val_loader, info, show)
-            if tc.time_budget_min > 0 and epoch == state.next_epoch:
-                # Equal-time benchmarks: after one timed epoch, fit the rest into the budget
-                # and re-plan the cosine decay so the shortened run still anneals.
-                epochs = budget_epochs(tc, row["epoch_seconds"], first=epoch)
-                parts.schedule.shorten(epochs, -(-n_batches // tc.accumulate), tc)
-                if main and epochs < tc.epochs:
-                    print(f"time budget {tc.time_budget_min:g} min: {epochs} of {tc.epochs} "
-                          "epochs", flush=True)
+            if tc.time_budget_min > 0:
+                # Equal-time benchmarks: after each epoch, fit the rest into the budget from
+                # the mean epoch time so far, and re-plan the cosine decay to end there.
+                spent += row["epoch_seconds"]
+                planned = budget_epochs(tc, spent, done=epoch + 1)
+                if planned != epochs:
+                    epochs = planned
+                    parts.schedule.shorten(epochs, -(-n_batches // tc.accumulate), tc)
+                    if main:
+                        print(f"time budget {tc.time_budget_min:g} min: planning {epochs} of "
+                              f"{tc.epochs} epochs", flush=True)
             improved = state.record(row, tc.patience)
             if main:
                 save_epoch(out_dir, cfg, parts, state, improved)

@@ -494,3 +494,13 @@ def test_kill_minus_nine_then_resume(tiny_data, folds_csv, cache_dir, tmp_path):
     assert [r["epoch"] for r in state["progress"]["history"]] == list(range(6))
     assert math.isfinite(json.loads((tmp_path / "me" / "tiny" / "fold-1.json").read_text())
                          ["train_loss"])
+
+
+def test_budget_epochs_fits_the_remaining_time():
+    from pipeline.config import TrainConfig
+    from pipeline.train import budget_epochs
+
+    tc = TrainConfig(epochs=10, time_budget_min=10)  # 600 s
+    assert budget_epochs(tc, spent_s=100, done=1) == 6  # 100 s/epoch: 5 more fit
+    assert budget_epochs(tc, spent_s=590, done=2) == 2  # out of time: stop after what is done
+    assert budget_epochs(tc, spent_s=10, done=1) == 10  # fast: capped at train.epochs
