@@ -292,3 +292,13 @@ def default_paths(model: str | None = None) -> list[str]:
     if model:
         paths.append(model)
     return paths
+
+
+def cli_config(config=None, model=None, overrides=None) -> Config:
+    """The config every stage CLI builds: the ``--config`` files (default ``configs/base.yaml``),
+    then the ``--model`` file (a path, or a name in ``configs/models/``), then the trailing
+    ``key=value`` overrides."""
+    paths = [str(p) for p in config] if config else default_paths()
+    if model:
+        paths.append(model_path(str(model)))
+    return load_config(paths, list(overrides or []))

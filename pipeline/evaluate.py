@@ -42,7 +42,11 @@ import typer
 
 from pipeline import rle
 from pipeline.atomic import atomic_path, write_json
-from pipeline.config import Config, PredictConfig, default_paths, load_config, model_path
+from pipeline.config import (
+    Config,
+    PredictConfig,
+    cli_config,
+)
 from pipeline.data.layout import train_index
 from pipeline.errors import PipelineError, one_line_errors
 from pipeline.metrics import dice_per_image
@@ -165,17 +169,10 @@ def fold_rows(
     index: pd.DataFrame, folds: pd.DataFrame, fold: int, folds_path: Path
 ) -> pd.DataFrame:
     """Index rows of fold ``fold``'s validation images, with their fold number."""
-    from pipeline.folds import split
+    from pipeline.folds import select_rows, split
 
     _, val = split(folds, fold)
-    rows = index.set_index("img")
-    missing = [img for img in val if img not in rows.index]
-    if missing:
-        raise PipelineError(
-            f"{folds_path}: fold {fold} names {len(missing)} image(s) (e.g. {missing[0]}) with "
-            "no image and mask in the data root; the folds file belongs to other data"
-        )
-    return rows.loc[val].reset_index().assign(fold=fold)
+    return select_rows(index, val, folds_path, "the data root (train/, train_masks/)").assign(fold=fold)
 
 
 def _fold_of(path: Path) -> int:
@@ -489,8 +486,7 @@ def main(
     from pipeline.predict import checkpoint_label, resolve_checkpoints
     from pipeline.training.distributed import cleanup, setup
 
-    cfg = load_config([*(config or default_paths()), *([model_path(model)] if model else [])],
-                      overrides or [])
+    cfg = cli_config(config, model, overrides)
     root = data_root or Path(cfg.data.root)
     # Reports are filed under the model's label: the one stored in a given checkpoint unless
     # --model names it.

@@ -18,7 +18,7 @@ import pandas as pd
 import typer
 
 from pipeline.atomic import atomic_path
-from pipeline.config import FoldsConfig, default_paths, load_config
+from pipeline.config import FoldsConfig, cli_config
 from pipeline.errors import PipelineError, one_line_errors
 
 COLUMNS = ["img", "car_id", "angle", "make", "fold"]
@@ -114,10 +114,22 @@ def split(folds: pd.DataFrame, fold: int) -> tuple[list[str], list[str]]:
     leaked = set(train["car_id"]) & set(val["car_id"])
     if leaked:
         raise PipelineError(
-            f"fold {fold}: car {sorted(leaked)[0]} is in both train and validation; "
+            f"fold {fold}: car {min(leaked)} is in both train and validation; "
             "re-run pipeline.folds"
         )
     return train["img"].tolist(), val["img"].tolist()
+
+
+def select_rows(index: pd.DataFrame, imgs: list[str], folds_path: Path, root: str) -> pd.DataFrame:
+    """Rows of the train index for ``imgs``, in that order; every image must exist."""
+    rows = index.set_index("img")
+    missing = [img for img in imgs if img not in rows.index]
+    if missing:
+        raise PipelineError(
+            f"{folds_path}: {len(missing)} image(s) (e.g. {missing[0]}) are not in {root}; "
+            "the folds file belongs to other data: re-run `python -m pipeline.folds`"
+        )
+    return rows.loc[imgs].reset_index()
 
 
 def write_folds(folds: pd.DataFrame, path: str | Path) -> Path:
@@ -144,13 +156,15 @@ def main(
     data_root: Annotated[
         Path | None, typer.Option(help="Kaggle-layout folder (default: data.root).")
     ] = None,
-    config: Annotated[list[Path], typer.Option("--config", "-c", help="YAML config(s).")] = None,
+    config: Annotated[
+        list[Path] | None, typer.Option("--config", "-c", help="YAML config(s).")
+    ] = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides.")] = None,
 ) -> None:
     """Split the training cars into grouped, stratified folds."""
     from pipeline.data.layout import train_index
 
-    cfg = load_config(config or default_paths(), overrides or [])
+    cfg = cli_config(config, None, overrides)
     index = train_index(data_root or cfg.data.root)
     if cfg.folds.stratify == "area":
         index["area"] = _mask_areas(index)

@@ -33,9 +33,7 @@ from pipeline.config import (
     FULL_HEIGHT,
     FULL_WIDTH,
     Config,
-    default_paths,
-    load_config,
-    model_path,
+    cli_config,
 )
 from pipeline.data.layout import Layout, submission_names
 from pipeline.errors import PipelineError, one_line_errors
@@ -286,8 +284,7 @@ def main(
     """Predict the test set with the fold ensemble and write a validated submission."""
     from pipeline.training.distributed import cleanup, setup
 
-    cfg = load_config([*(config or default_paths()), *([model_path(model)] if model else [])],
-                      overrides or [])
+    cfg = cli_config(config, model, overrides)
     root = data_root or Path(cfg.data.root)
     if validate is not None:
         _validate_only(validate, root, limit)

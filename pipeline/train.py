@@ -28,7 +28,7 @@ import typer
 from torch import nn
 
 from pipeline.atomic import write_json
-from pipeline.config import Config, default_paths, load_config, to_dict
+from pipeline.config import Config, cli_config, to_dict
 from pipeline.errors import PipelineError, one_line_errors
 from pipeline.losses import build_loss
 from pipeline.metrics import summarize
@@ -325,11 +325,7 @@ def main(
         help="key=value overrides, e.g. train.epochs=3")] = None,
 ) -> None:
     """Train one model on one fold."""
-    if config:
-        paths = [str(p) for p in config] + ([str(model)] if model else [])
-    else:
-        paths = default_paths(str(model) if model else None)
-    cfg = load_config(paths, overrides or [])
+    cfg = cli_config(config, model, overrides)
     out = run_paths(cfg, fold, checkpoints, metrics, live)
     result = train(cfg, fold, folds_path=folds, resume=resume, progress=progress, **out)
     if int(os.environ.get("RANK", "0")) == 0:

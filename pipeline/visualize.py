@@ -27,7 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_path
-from pipeline.config import PredictConfig, default_paths, load_config
+from pipeline.config import PredictConfig, cli_config
 from pipeline.data.dataset import normalize, resize_image
 from pipeline.data.io import read_image
 from pipeline.errors import PipelineError, one_line_errors
@@ -339,8 +339,7 @@ def features_cmd(
     else:
         from pipeline.models.factory import build_model
 
-        paths = [str(p) for p in config] + [model] if config else default_paths(model)
-        cfg = load_config(paths, overrides or [])
+        cfg = cli_config(config, model, overrides)
         torch.manual_seed(cfg.train.seed)
         net, size, source = build_model(cfg.model), (cfg.train.height, cfg.train.width), model
     render_features(net, size, image, out, channels, columns, source, dev)

@@ -21,7 +21,12 @@ from typing import Annotated
 
 import typer
 
-from pipeline.config import FULL_HEIGHT, FULL_WIDTH, DataConfig, default_paths, load_config
+from pipeline.config import (
+    FULL_HEIGHT,
+    FULL_WIDTH,
+    DataConfig,
+    cli_config,
+)
 from pipeline.data import demo as demo_mod
 from pipeline.data import kaggle
 from pipeline.data.validate import Summary, check
@@ -132,8 +137,7 @@ def main(
     ] = None,
 ) -> None:
     """Prepare the data root: generate the demo, download from Kaggle, or link a folder."""
-    paths = [str(p) for p in config] if config else default_paths()
-    cfg = load_config(paths, overrides or [])
+    cfg = cli_config(config, None, overrides)
     summary = prepare(
         cfg.data, source, out, include_test=test, force=force, progress=progress, echo=typer.echo
     )

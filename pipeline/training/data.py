@@ -11,30 +11,17 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from pipeline.config import FULL_HEIGHT, FULL_WIDTH, Config
 from pipeline.data.dataset import SegmentationDataset, build_cache, build_transform
 from pipeline.data.layout import train_index
-from pipeline.errors import PipelineError
-from pipeline.folds import load_folds, split
+from pipeline.folds import load_folds, select_rows, split
 from pipeline.training import distributed
 from pipeline.training.distributed import DistInfo
-
-
-def select_rows(index: pd.DataFrame, imgs: list[str], folds_path: Path, root: str) -> pd.DataFrame:
-    """Rows of the train index for ``imgs``, in that order; every image must exist."""
-    rows = index.set_index("img")
-    missing = [img for img in imgs if img not in rows.index]
-    if missing:
-        raise PipelineError(
-            f"{folds_path}: {len(missing)} image(s) (e.g. {missing[0]}) are not in {root}/train; "
-            "the folds file belongs to other data: re-run `python -m pipeline.folds`"
-        )
-    return rows.loc[imgs].reset_index()
 
 
 def fold_rows(cfg: Config, fold: int, folds_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train rows, validation rows) of the train index; ``split`` refuses a car on both sides."""
     train_imgs, val_imgs = split(load_folds(folds_path), fold)
     index = train_index(cfg.data.root)
-    return (select_rows(index, train_imgs, folds_path, cfg.data.root),
-            select_rows(index, val_imgs, folds_path, cfg.data.root))
+    return (select_rows(index, train_imgs, folds_path, f"{cfg.data.root}/train"),
+            select_rows(index, val_imgs, folds_path, f"{cfg.data.root}/train"))
 
 
 def cache_dir(cfg: Config) -> str | None:
