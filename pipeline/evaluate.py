@@ -28,6 +28,7 @@ import dataclasses
 import heapq
 import json
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,6 +298,7 @@ def evaluate_oof(
     out_shape = image_shape(index["image_path"].iloc[0])
     all_scores, all_worst = [], []
     p = cfg.predict
+    predicted, seconds = 0, 0.0  # full-resolution TTA throughput, for the benchmark table
     for fold, ckpt in by_fold.items():
         rows = fold_rows(index, folds, fold, folds_path)
         if rows.empty:
@@ -306,8 +308,10 @@ def evaluate_oof(
         cached = _load_cached(report_dir, fold, key)
         if cached is None:
             ensemble = load_ensemble([ckpt], device, p)
+            start = time.perf_counter()
             scores, worst = score_distributed(ensemble, rows, p, dist, device, out_shape,
                                               worst_k, f"fold {fold}" if progress else False)
+            predicted, seconds = predicted + len(rows), seconds + time.perf_counter() - start
             if dist.is_main:
                 _save_cached(report_dir, fold, key, scores, worst)
         else:
@@ -319,6 +323,7 @@ def evaluate_oof(
                "folds_file": str(folds_path), **summarize_dice(scores),
                "checkpoints": {str(k): str(v) for k, v in by_fold.items()},
                "skipped_folds": [k for k in range(n_folds) if k not in by_fold],
+               "images_per_s": predicted / seconds if seconds else None,
                **_settings(p, device)}
     return EvalResult(scores, sorted(all_worst)[:worst_k], summary)
 

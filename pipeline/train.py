@@ -108,7 +108,18 @@ def final_metrics(cfg: Config, fold: int, history: list[dict], best_epoch: int,
         "device": str(device),
         "precision": precision.name,
         "full_res_val": cfg.train.full_res_val,
+        "peak_memory_mib": peak_memory_mib(device),
     }
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak memory of this process so far: the CUDA allocator's peak on a GPU, else the peak
+    resident set size (what the benchmark table reports)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 # --------------------------------------------------------------------------- core
