@@ -43,6 +43,7 @@ import typer
 
 from pipeline import rle
 from pipeline.atomic import atomic_path, write_json
+from pipeline.cli import ConfigOption, DeviceOption, ModelOption, OverridesArgument
 from pipeline.config import (
     Config,
     PredictConfig,
@@ -479,13 +480,10 @@ def main(
         help="Summary JSON for DVC (default: metrics/<label>/cv.json; with --all-images "
              "metrics/<label>/eval_<folder>.json).")] = None,
     worst: Annotated[int, typer.Option(help="Worst images drawn as overlays.")] = 6,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: auto).")]
-    = None,
-    config: Annotated[list[Path] | None, typer.Option("--config", "-c", help="YAML config(s).")]
-    = None,
-    model: Annotated[str | None, typer.Option(
-        "--model", "-m", help="Model YAML, or its name in configs/models/.")] = None,
-    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides.")] = None,
+    device: DeviceOption = None,
+    config: ConfigOption = None,
+    model: ModelOption = None,
+    overrides: OverridesArgument = None,
 ) -> None:
     """Score fold models out of fold (or an ensemble on a labelled folder); write the report."""
     from pipeline.predict import checkpoint_label, resolve_checkpoints

@@ -18,6 +18,7 @@ import pandas as pd
 import typer
 
 from pipeline.atomic import atomic_path
+from pipeline.cli import ConfigOption, OverridesArgument
 from pipeline.config import FoldsConfig, cli_config
 from pipeline.errors import PipelineError, one_line_errors
 
@@ -156,10 +157,8 @@ def main(
     data_root: Annotated[
         Path | None, typer.Option(help="Kaggle-layout folder (default: data.root).")
     ] = None,
-    config: Annotated[
-        list[Path] | None, typer.Option("--config", "-c", help="YAML config(s).")
-    ] = None,
-    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides.")] = None,
+    config: ConfigOption = None,
+    overrides: OverridesArgument = None,
 ) -> None:
     """Split the training cars into grouped, stratified folds."""
     from pipeline.data.layout import train_index

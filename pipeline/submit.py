@@ -29,6 +29,7 @@ import torch
 import typer
 
 from pipeline.atomic import atomic_path
+from pipeline.cli import ConfigOption, DeviceOption, ModelOption, OverridesArgument
 from pipeline.config import (
     FULL_HEIGHT,
     FULL_WIDTH,
@@ -273,13 +274,10 @@ def main(
     = None,
     upload_: Annotated[bool, typer.Option("--upload", help="Send the file to Kaggle.")] = False,
     message: Annotated[str, typer.Option(help="Kaggle submission message.")] = "",
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: auto).")]
-    = None,
-    config: Annotated[list[Path] | None, typer.Option("--config", "-c", help="YAML config(s).")]
-    = None,
-    model: Annotated[str | None, typer.Option(
-        "--model", "-m", help="Model YAML, or its name in configs/models/.")] = None,
-    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides.")] = None,
+    device: DeviceOption = None,
+    config: ConfigOption = None,
+    model: ModelOption = None,
+    overrides: OverridesArgument = None,
 ) -> None:
     """Predict the test set with the fold ensemble and write a validated submission."""
     from pipeline.training.distributed import cleanup, setup

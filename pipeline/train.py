@@ -28,6 +28,7 @@ import typer
 from torch import nn
 
 from pipeline.atomic import write_json
+from pipeline.cli import ConfigOption, ModelOption, OverridesArgument
 from pipeline.config import Config, cli_config, to_dict
 from pipeline.errors import PipelineError, one_line_errors
 from pipeline.losses import build_loss
@@ -323,17 +324,15 @@ app = typer.Typer(add_completion=False, help=__doc__.split("\n")[0])
 @one_line_errors
 def main(
     fold: Annotated[int, typer.Option(help="Fold to validate on; -1 trains on every image.")] = 0,
-    config: Annotated[list[Path] | None, typer.Option(
-        "--config", "-c", help="YAML config(s), in order (default configs/base.yaml).")] = None,
-    model: Annotated[Path | None, typer.Option("--model", "-m", help="Model YAML.")] = None,
+    config: ConfigOption = None,
+    model: ModelOption = None,
     folds: Annotated[Path, typer.Option(help="Folds CSV.")] = Path("folds/folds.csv"),
     checkpoints: Annotated[Path, typer.Option(help="Checkpoint root.")] = Path("checkpoints"),
     metrics: Annotated[Path, typer.Option(help="Metrics root.")] = Path("metrics"),
     live: Annotated[Path, typer.Option(help="DVCLive root.")] = Path("dvclive"),
     resume: Annotated[bool, typer.Option(help="Continue from last.pt.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-    overrides: Annotated[list[str] | None, typer.Argument(
-        help="key=value overrides, e.g. train.epochs=3")] = None,
+    overrides: OverridesArgument = None,
 ) -> None:
     """Train one model on one fold."""
     cfg = cli_config(config, model, overrides)

@@ -21,6 +21,7 @@ from typing import Annotated
 
 import typer
 
+from pipeline.cli import ConfigOption, OverridesArgument
 from pipeline.config import (
     FULL_HEIGHT,
     FULL_WIDTH,
@@ -120,21 +121,14 @@ def main(
     out: Annotated[
         Path | None, typer.Option(help="The data root to prepare (default: data.root).")
     ] = None,
-    config: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--config", "-c", help="YAML config(s), in order (default configs/base.yaml)."
-        ),
-    ] = None,
+    config: ConfigOption = None,
     test: Annotated[
         bool,
         typer.Option("--test/--no-test", help="kaggle: also download test.zip (100064 images)."),
     ] = False,
     force: Annotated[bool, typer.Option(help="demo: regenerate even if up to date.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-    overrides: Annotated[
-        list[str] | None, typer.Argument(help="key=value overrides, e.g. data.demo.train_cars=12")
-    ] = None,
+    overrides: OverridesArgument = None,
 ) -> None:
     """Prepare the data root: generate the demo, download from Kaggle, or link a folder."""
     cfg = cli_config(config, None, overrides)
