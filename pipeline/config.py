@@ -136,6 +136,7 @@ class PredictConfig:
     num_workers: int = 2
     tta: list[str] = field(default_factory=lambda: ["hflip"])  # subset of hflip, vflip
     threshold: float = 0.5
+    largest_component: bool = False  # keep only each mask's largest connected region
     precision: str = "auto"
     channels_last: bool = True
 

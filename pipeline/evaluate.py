@@ -59,6 +59,7 @@ from pipeline.predict import (
     iter_predictions,
     load_ensemble,
     pick_device,
+    to_masks,
 )
 from pipeline.training.distributed import DistInfo
 
@@ -101,7 +102,7 @@ def score_images(
     preds = iter_predictions(ensemble, rows["image_path"].tolist(), cfg, device, out_shape,
                              mask_paths=rows["mask_path"].tolist(), progress=progress)
     for pred in preds:
-        masks = pred.probs > cfg.threshold
+        masks = to_masks(pred.probs, cfg.threshold, cfg.largest_component)
         truth = pred.masks.bool()
         dice = dice_per_image(masks, truth).double().cpu().numpy()
         counts = torch.stack([masks.flatten(1).sum(1), truth.flatten(1).sum(1),
@@ -304,7 +305,8 @@ def evaluate_oof(
         rows = fold_rows(index, folds, fold, folds_path)
         if rows.empty:
             continue
-        key = fingerprint([ckpt], (p.tta, p.threshold, p.precision), out_shape,
+        key = fingerprint([ckpt], (p.tta, p.threshold, p.largest_component, p.precision),
+                          out_shape,
                           rows["img"].tolist())
         cached = _load_cached(report_dir, fold, key)
         if cached is None:
@@ -364,6 +366,7 @@ def _settings(p: PredictConfig, device: torch.device) -> dict:
 
     dtype = resolve_dtype(p.precision, device)
     return {"predict": {"tta": list(p.tta), "threshold": p.threshold,
+                        "largest_component": p.largest_component,
                         "precision": {None: "fp32", torch.bfloat16: "bf16",
                                       torch.float16: "fp16"}[dtype], "device": device.type}}
 

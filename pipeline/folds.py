@@ -87,7 +87,7 @@ def load_folds(path: str | Path) -> pd.DataFrame:
         raise PipelineError(f"{path}: folds file not found; run `python -m pipeline.folds` first")
     try:
         folds = pd.read_csv(path, dtype={"car_id": str, "img": str})
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 -- pandas raises many types for a broken CSV
         raise PipelineError(f"{path}: cannot be parsed as CSV ({exc})") from None
     missing = {"img", "car_id", "fold"} - set(folds.columns)
     if missing:

@@ -16,7 +16,7 @@ Per batch of images:
    (``align_corners=False``) to the output shape, 1280 x 1918 by default. Upsampling is
    linear, so upsampling the average equals averaging the upsampled maps: it runs once per
    size group instead of once per flip and model.
-6. ``probs > threshold`` gives the masks; :func:`masks_to_rle` encodes them on the device and
+6. ``probs > threshold`` gives the masks (optionally only each one's largest region); :func:`masks_to_rle` encodes them on the device and
    only the run boundaries come back to the CPU.
 
 Memory stays flat however many images are predicted: :func:`iter_predictions` yields one batch
@@ -113,10 +113,23 @@ def upsample(probs: torch.Tensor, out_shape: tuple[int, int]) -> torch.Tensor:
     )[:, 0]
 
 
-def masks_to_rle(probs: torch.Tensor, threshold: float = 0.5) -> list[str]:
-    """N x H x W probabilities on any device -> N Kaggle RLE strings of ``probs > threshold``
+def to_masks(probs: torch.Tensor, threshold: float = 0.5,
+             largest_component: bool = False) -> torch.Tensor:
+    """N x H x W probabilities -> bool masks ``probs > threshold``; with ``largest_component``
+    each mask keeps only its largest connected region (:mod:`pipeline.postprocess`)."""
+    masks = probs > threshold
+    if largest_component:
+        from pipeline.postprocess import largest_component as keep_largest
+
+        masks = keep_largest(masks)
+    return masks
+
+
+def masks_to_rle(probs: torch.Tensor, threshold: float = 0.5,
+                 largest_component: bool = False) -> list[str]:
+    """N x H x W probabilities on any device -> N Kaggle RLE strings of :func:`to_masks`
     (row-major, 1-based starts; only run boundaries leave the device)."""
-    return rle.encode_torch(probs > threshold)
+    return rle.encode_torch(to_masks(probs, threshold, largest_component))
 
 
 # --------------------------------------------------------------------------- the ensemble

@@ -134,7 +134,8 @@ def submit(
     p = cfg.predict
     # What the rows are computed from; each shard's key adds its block of names.
     run_key = fingerprint([m.source for m in ensemble.members],
-                          (p.tta, p.threshold, p.precision, p.channels_last, p.batch_size), shape)
+                          (p.tta, p.threshold, p.largest_component, p.precision,
+                           p.channels_last, p.batch_size), shape)
     blocks = [block_range(len(names), r, dist.world_size, p.batch_size)
               for r in range(dist.world_size)]
     keys = [fingerprint([], run_key, a, b, names[a:b]) for a, b in blocks]
@@ -153,7 +154,7 @@ def submit(
         preds = iter_predictions(ensemble, todo, p, device, shape,
                                  progress="submit" if progress and dist.is_main else False)
         for pred in preds:
-            rles = masks_to_rle(pred.probs, p.threshold)
+            rles = masks_to_rle(pred.probs, p.threshold, p.largest_component)
             writer.add(csv_lines(pred.names, rles), len(rles))
             if writer.pending >= cfg.submit.shard_every:
                 writer.flush()

@@ -157,8 +157,9 @@ def build_parts(cfg: Config, info: DistInfo, steps_per_epoch: int) -> Parts:
 
 
 def run_epoch(epoch: int, cfg: Config, parts: Parts, train_loader, val_loader,
-              info: DistInfo, show: bool) -> dict:
-    """Train one epoch, validate, add the sums of every rank; returns the epoch's row."""
+              info: DistInfo, show: bool, on_probe=None) -> dict:
+    """Train one epoch, validate, add the sums of every rank; returns the epoch's row.
+    ``on_probe``: see :func:`~pipeline.training.loop.train_one_epoch`."""
     tc, p, start = cfg.train, parts, time.perf_counter()
     set_epoch(train_loader, epoch, tc.seed)
     result = train_one_epoch(
@@ -166,6 +167,7 @@ def run_epoch(epoch: int, cfg: Config, parts: Parts, train_loader, val_loader,
         device=info.device, precision=p.precision, accumulate=tc.accumulate,
         grad_clip=tc.grad_clip, max_steps=tc.max_steps, channels_last=p.channels_last,
         desc=f"epoch {epoch + 1}/{tc.epochs}", progress=show,
+        probe_steps=PROBE_STEPS if on_probe else 0, on_probe=on_probe,
     )
     lr = p.schedule.lr  # the rate the epoch ended on
     sums = distributed.all_reduce_sum(
@@ -199,6 +201,23 @@ def save_epoch(out_dir: Path, cfg: Config, parts: Parts, progress: Progress,
     state = train_state(progress, parts.optimizer, parts.schedule, parts.scaler)
     save_checkpoint(out_dir / "last.pt", parts.model, cfg, metrics=metrics, epoch=row["epoch"],
                     train_state=state)
+
+
+# Batches timed at the start of a budgeted run before the first plan is made. The first batches
+# (workers starting, caches cold) are the slowest, so the first plan errs on the short side.
+PROBE_STEPS = 8
+# Share of the budget kept for validation passes when planning from training batches alone.
+VAL_SHARE = 0.1
+
+
+def first_plan(tc, seconds_per_batch: float, n_batches: int) -> tuple[int, int]:
+    """(epochs, batches in the first epoch) that fit ``tc.time_budget_min`` at
+    ``seconds_per_batch``, keeping ``VAL_SHARE`` of it for validation: at most ``tc.epochs``
+    whole epochs, or a single shortened epoch when not even one fits."""
+    fit = int((1 - VAL_SHARE) * tc.time_budget_min * 60 / max(seconds_per_batch, 1e-9))
+    if fit < n_batches:
+        return 1, max(1, fit)
+    return min(tc.epochs, fit // n_batches), n_batches
 
 
 def budget_epochs(tc, spent_s: float, done: int) -> int:
@@ -283,7 +302,23 @@ def _train(cfg: Config, fold: int, info: DistInfo, *, folds_path: Path, out_dir:
         for epoch in range(state.next_epoch, tc.epochs):
             if state.stopped or epoch >= epochs:
                 break
-            row = run_epoch(epoch, cfg, parts, train_loader, val_loader, info, show)
+            on_probe = None
+            if tc.time_budget_min > 0 and epoch == 0 and not info.enabled:
+                # Plan the run from its first batches, so the cosine decay ends inside the
+                # budget even when it holds only a few epochs, or less than one. (Not under
+                # DDP: ranks timing their own batches could plan different lengths.)
+                def on_probe(pace: float) -> int | None:
+                    nonlocal epochs
+                    epochs, first = first_plan(tc, pace, n_batches)
+                    steps = -(-(first if epochs == 1 else n_batches) // tc.accumulate)
+                    parts.schedule.shorten(epochs, steps, tc)
+                    if main:
+                        what = (f"{first} of {n_batches} batches of one epoch"
+                                if first < n_batches else f"{epochs} of {tc.epochs} epochs")
+                        print(f"time budget {tc.time_budget_min:g} min: planning {what}",
+                              flush=True)
+                    return first
+            row = run_epoch(epoch, cfg, parts, train_loader, val_loader, info, show, on_probe)
             if tc.time_budget_min > 0:
                 # Equal-time benchmarks: after each epoch, fit the rest into the budget from
                 # the mean epoch time so far, and re-plan the cosine decay to end there.

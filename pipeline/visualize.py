@@ -27,11 +27,20 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_path
+from pipeline.cli import ConfigOption, DeviceOption, ModelOption, OverridesArgument
 from pipeline.config import PredictConfig, cli_config
 from pipeline.data.dataset import normalize, resize_image
 from pipeline.data.io import read_image
 from pipeline.errors import PipelineError, one_line_errors
-from pipeline.predict import Ensemble, Member, load_ensemble, predict_probs, tta_dims
+from pipeline.predict import (
+    Ensemble,
+    Member,
+    load_ensemble,
+    pick_device,
+    predict_probs,
+    to_masks,
+    tta_dims,
+)
 
 FEATURE_KEYS = ("first_double_conv", "bottleneck", "first_up")
 TINT = (0, 200, 80)  # RGB of the mask tint
@@ -149,7 +158,8 @@ def overlay_images(
         image = read_image(path)
         prob = predict_probability(ensemble, image, cfg, device)
         out = Path(out_dir) / f"{Path(path).stem}_overlay.png"
-        written.append(write_png(out, overlay(image, prob > cfg.threshold)))
+        mask = to_masks(torch.from_numpy(prob)[None], cfg.threshold, cfg.largest_component)[0]
+        written.append(write_png(out, overlay(image, mask.numpy())))
     return written
 
 
@@ -277,12 +287,6 @@ def render_features(
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0])
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 @app.command("overlay")
 @one_line_errors
 def overlay_cmd(
@@ -300,10 +304,10 @@ def overlay_cmd(
         list[str] | None,
         typer.Option(help="hflip, vflip, hvflip; repeatable (default: the checkpoint's)."),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: DeviceOption = None,
 ) -> None:
     """Draw predicted masks on photos, at each photo's own size."""
-    written = overlay_images(checkpoint, images, out_dir, threshold, tta, _device(device))
+    written = overlay_images(checkpoint, images, out_dir, threshold, tta, pick_device(device))
     typer.echo(f"wrote {len(written)} overlay(s) to {out_dir}")
 
 
@@ -314,24 +318,18 @@ def features_cmd(
     checkpoint: Annotated[
         Path | None, typer.Option(help="A hand-written U-Net checkpoint.")
     ] = None,
-    model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Model YAML: an untrained U-Net.")
-    ] = None,
-    config: Annotated[
-        list[Path] | None, typer.Option("--config", "-c", help="YAML config(s) with --model.")
-    ] = None,
+    model: ModelOption = None,
+    config: ConfigOption = None,
     out: Annotated[Path, typer.Option(help="The PNG grid.")] = Path("reports/features.png"),
     channels: Annotated[int, typer.Option(help="Channels shown per feature map.")] = 16,
     columns: Annotated[int, typer.Option(help="Tiles per grid row.")] = 8,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    overrides: Annotated[
-        list[str] | None, typer.Argument(help="key=value overrides (with --model).")
-    ] = None,
+    device: DeviceOption = None,
+    overrides: OverridesArgument = None,
 ) -> None:
     """Show the U-Net's first double conv, bottleneck and first up block for one photo."""
     if (checkpoint is None) == (model is None):
         raise PipelineError("features needs exactly one of --checkpoint PATH or --model YAML")
-    dev = _device(device)
+    dev = pick_device(device)
     if checkpoint is not None:
         member = load_ensemble([checkpoint], dev, PredictConfig(channels_last=False)).members[0]
         net, size = member.model, member.size

@@ -32,6 +32,7 @@ from pipeline.predict import (
     predict_probs,
     resolve_checkpoints,
     resolve_dtype,
+    to_masks,
     tta_dims,
 )
 
@@ -154,6 +155,19 @@ def test_masks_to_rle_matches_numpy_encoder():
     got = masks_to_rle(probs, 0.3)
     assert got == [rle.encode((p > 0.3).numpy()) for p in probs]
     assert got[1] == "" and got[2] == "1 600"
+
+
+def test_to_masks_can_keep_only_the_largest_region():
+    probs = torch.zeros(2, 10, 12)
+    probs[0, 1:6, 1:8] = 0.9  # the car
+    probs[0, 8:10, 0:12] = 0.7  # a strip of background above the threshold
+    probs[1, 2:4, 2:4] = 0.6
+    plain = to_masks(probs, 0.5)
+    assert plain[0].sum() == 35 + 24
+    kept = to_masks(probs, 0.5, largest_component=True)
+    assert kept[0].sum() == 35 and not kept[0, 8:].any()
+    assert torch.equal(kept[1], plain[1])  # one region: unchanged
+    assert masks_to_rle(probs, 0.5, largest_component=True)[0] == rle.encode(kept[0].numpy())
 
 
 def test_resolve_dtype():

@@ -14,7 +14,7 @@ from pipeline.data.layout import Layout, mask_name
 
 def naive_decode(text: str, shape: tuple[int, int]) -> np.ndarray:
     """Independent oracle: walk the runs pixel by pixel over a row-major, 1-based numbering."""
-    h, w = shape
+    _, w = shape
     out = np.zeros(shape, dtype=np.uint8)
     values = [int(v) for v in text.split()]
     for start, length in zip(values[::2], values[1::2]):

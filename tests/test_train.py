@@ -504,3 +504,48 @@ def test_budget_epochs_fits_the_remaining_time():
     assert budget_epochs(tc, spent_s=100, done=1) == 6  # 100 s/epoch: 5 more fit
     assert budget_epochs(tc, spent_s=590, done=2) == 2  # out of time: stop after what is done
     assert budget_epochs(tc, spent_s=10, done=1) == 10  # fast: capped at train.epochs
+
+
+def test_first_plan_fits_epochs_or_part_of_one():
+    from pipeline.train import VAL_SHARE, first_plan
+
+    tc = TrainConfig(epochs=10, time_budget_min=10)  # 600 s, 540 s of it for training
+    assert VAL_SHARE == pytest.approx(0.1)
+    assert first_plan(tc, seconds_per_batch=1.0, n_batches=100) == (5, 100)  # 540 batches
+    assert first_plan(tc, seconds_per_batch=10.0, n_batches=100) == (1, 54)  # under one epoch
+    assert first_plan(tc, seconds_per_batch=0.01, n_batches=100) == (10, 100)  # capped
+    assert first_plan(tc, seconds_per_batch=1e4, n_batches=100) == (1, 1)  # at least a batch
+
+
+def test_probe_can_shorten_an_epoch(tiny_data):
+    torch.manual_seed(0)
+    rows = train_index(tiny_data).head(12)
+    loader = DataLoader(SegmentationDataset(rows, 64, 96), batch_size=2)  # 6 batches
+    model = build_model(ModelConfig(arch="unet", base_width=8, depth=2))
+    cfg = TrainConfig(scheduler="none")
+    opt = build_optimizer(model, cfg)
+    paces = []
+
+    def on_probe(pace: float) -> int:
+        paces.append(pace)
+        return 3
+
+    result = train_one_epoch(model, loader, build_loss(cfg), opt, Schedule(opt, cfg, 6),
+                             torch.amp.GradScaler("cpu", enabled=False),
+                             device=torch.device("cpu"), precision=Precision(),
+                             progress=False, probe_steps=2, on_probe=on_probe)
+    assert len(paces) == 1 and paces[0] > 0
+    assert result.images == 6  # 3 batches of 2, not 6
+
+
+def test_a_budget_shorter_than_an_epoch_trains_part_of_one(tiny_data, folds_csv, cache_dir,
+                                                          tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train_mod, "PROBE_STEPS", 1)
+    cfg = tiny_cfg(tiny_data, cache_dir, epochs=3)  # 3 batches per epoch (max_steps)
+    metrics = train(cfg, 0, folds_path=folds_csv, progress=False, time_budget_s=1e-3,
+                    **outputs(tmp_path))
+    assert "planning 1 of 3 batches of one epoch" in capsys.readouterr().out
+    assert metrics["epochs"] == 1
+    history = load_checkpoint(tmp_path / "run" / "ckpt" / "last.pt")["train_state"]["progress"][
+        "history"]
+    assert len(history) == 1

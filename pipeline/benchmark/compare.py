@@ -37,6 +37,7 @@ from typing import Annotated, Any
 import typer
 
 from pipeline.atomic import atomic_path, write_json, write_text
+from pipeline.cli import ConfigOption, OverridesArgument
 from pipeline.config import (
     Config,
     default_paths,
@@ -641,8 +642,7 @@ def register(app: typer.Typer) -> None:
     @app.command("run")
     @one_line_errors
     def run_cmd(
-        config: Annotated[list[Path] | None, typer.Option(
-            "--config", "-c", help="YAML config(s), in order (default configs/base.yaml).")] = None,
+        config: ConfigOption = None,
         model: Annotated[list[str] | None, typer.Option(
             "--model", "-m", help="Model YAML(s) (default: benchmark.models).")] = None,
         fold: Annotated[list[int] | None, typer.Option(
@@ -657,8 +657,7 @@ def register(app: typer.Typer) -> None:
         rerun: Annotated[bool, typer.Option(
             help="Retrain folds already trained with the same settings.")] = False,
         progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-        overrides: Annotated[list[str] | None, typer.Argument(
-            help="key=value overrides for every run, e.g. benchmark.time_budget_min=10")] = None,
+        overrides: OverridesArgument = None,
     ) -> None:
         """Train and evaluate every model config on the same folds and budget; write the table."""
         paths = [str(p) for p in config] if config else default_paths()

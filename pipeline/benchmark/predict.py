@@ -76,7 +76,8 @@ def engine_rles(ckpt: Path, paths: Sequence[Path], cfg: Config, device: str = "c
     ensemble = load_ensemble([ckpt], device, cfg.predict)
     out: list[str] = []
     for pred in iter_predictions(ensemble, paths, cfg.predict, device, (FULL_HEIGHT, FULL_WIDTH)):
-        out.extend(masks_to_rle(pred.probs, cfg.predict.threshold))
+        out.extend(masks_to_rle(pred.probs, cfg.predict.threshold,
+                                cfg.predict.largest_component))
     return out
 
 

@@ -88,7 +88,7 @@ def read_metadata(layout: Layout) -> pd.DataFrame:
         return pd.DataFrame(columns=["make", "model"]).rename_axis("id")
     try:
         meta = pd.read_csv(layout.metadata_csv, dtype=str)
-    except Exception as exc:  # pandas raises many types for a broken CSV
+    except Exception as exc:  # noqa: BLE001 -- pandas raises many types for a broken CSV
         raise PipelineError(f"{layout.metadata_csv}: cannot be parsed as CSV ({exc})") from None
     if "id" not in meta.columns:
         raise PipelineError(f"{layout.metadata_csv}: no 'id' column (expected id,year,make,...)")

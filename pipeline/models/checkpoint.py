@@ -71,7 +71,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise PipelineError(f"{path}: checkpoint not found; train first (python -m pipeline.train)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # torch raises several types for a truncated or foreign file
+    except Exception as exc:  # noqa: BLE001 -- torch raises several types for a broken file
         raise PipelineError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
     if not isinstance(ckpt, dict) or "model_config" not in ckpt or "state_dict" not in ckpt:
         raise PipelineError(f"{path}: not a carvana-pipeline checkpoint (no model_config)")
