@@ -34,7 +34,7 @@ from pipeline.errors import PipelineError, one_line_errors
 from pipeline.losses import build_loss
 from pipeline.metrics import summarize
 from pipeline.models.checkpoint import save_checkpoint
-from pipeline.training import distributed
+from pipeline.training import budget, distributed
 from pipeline.training.data import cache_rows, fold_rows, make_loaders, set_epoch
 from pipeline.training.distributed import DistInfo
 from pipeline.training.loop import Precision, evaluate, resolve_precision, train_one_epoch
@@ -61,11 +61,11 @@ def run_paths(cfg: Config, fold: int, checkpoints: str | Path = "checkpoints",
 
 def epoch_row(epoch: int, train_loss: float, val: dict | None, val_loss: float | None,
               lr: float, images_per_s: float, train_seconds: float,
-              epoch_seconds: float) -> dict:
+              epoch_seconds: float, train_batches: int = 0) -> dict:
     """One epoch's metrics: what the summary line, DVCLive and the history show."""
     row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
            "images_per_s": images_per_s, "train_seconds": train_seconds,
-           "epoch_seconds": epoch_seconds}
+           "epoch_seconds": epoch_seconds, "train_batches": train_batches}
     for key in ("dice", "accuracy", "precision", "recall", "images"):
         row[f"val_{key}"] = None if val is None else val[key]
     return row
@@ -157,17 +157,19 @@ def build_parts(cfg: Config, info: DistInfo, steps_per_epoch: int) -> Parts:
 
 
 def run_epoch(epoch: int, cfg: Config, parts: Parts, train_loader, val_loader,
-              info: DistInfo, show: bool, on_probe=None) -> dict:
-    """Train one epoch, validate, add the sums of every rank; returns the epoch's row.
-    ``on_probe``: see :func:`~pipeline.training.loop.train_one_epoch`."""
+              info: DistInfo, show: bool, max_batches: int = 0, on_probe=None) -> dict:
+    """Train one epoch (at most ``max_batches``, 0: all), validate, add the sums of every
+    rank; returns the epoch's row. ``on_probe``: see
+    :func:`~pipeline.training.loop.train_one_epoch`."""
     tc, p, start = cfg.train, parts, time.perf_counter()
     set_epoch(train_loader, epoch, tc.seed)
     result = train_one_epoch(
         p.model, train_loader, p.loss_fn, p.optimizer, p.schedule, p.scaler,
         device=info.device, precision=p.precision, accumulate=tc.accumulate,
-        grad_clip=tc.grad_clip, max_steps=tc.max_steps, channels_last=p.channels_last,
-        desc=f"epoch {epoch + 1}/{tc.epochs}", progress=show,
-        probe_steps=PROBE_STEPS if on_probe else 0, on_probe=on_probe,
+        grad_clip=tc.grad_clip, max_steps=max_batches or tc.max_steps,
+        channels_last=p.channels_last, desc=f"epoch {epoch + 1}/{tc.epochs}", progress=show,
+        probe_steps=budget.PROBE_STEPS if on_probe else 0, probe_skip=budget.PROBE_SKIP,
+        on_probe=on_probe,
     )
     lr = p.schedule.lr  # the rate the epoch ended on
     sums = distributed.all_reduce_sum(
@@ -186,7 +188,7 @@ def run_epoch(epoch: int, cfg: Config, parts: Parts, train_loader, val_loader,
         val["images"] = int(counts[5])
     p.schedule.step_epoch(val["dice"] if val else -train_loss)
     return epoch_row(epoch, train_loss, val, val_loss, lr, images_per_s, result.seconds,
-                     time.perf_counter() - start)
+                     time.perf_counter() - start, result.batches)
 
 
 def save_epoch(out_dir: Path, cfg: Config, parts: Parts, progress: Progress,
@@ -201,31 +203,6 @@ def save_epoch(out_dir: Path, cfg: Config, parts: Parts, progress: Progress,
     state = train_state(progress, parts.optimizer, parts.schedule, parts.scaler)
     save_checkpoint(out_dir / "last.pt", parts.model, cfg, metrics=metrics, epoch=row["epoch"],
                     train_state=state)
-
-
-# Batches timed at the start of a budgeted run before the first plan is made. The first batches
-# (workers starting, caches cold) are the slowest, so the first plan errs on the short side.
-PROBE_STEPS = 8
-# Share of the budget kept for validation passes when planning from training batches alone.
-VAL_SHARE = 0.1
-
-
-def first_plan(tc, seconds_per_batch: float, n_batches: int) -> tuple[int, int]:
-    """(epochs, batches in the first epoch) that fit ``tc.time_budget_min`` at
-    ``seconds_per_batch``, keeping ``VAL_SHARE`` of it for validation: at most ``tc.epochs``
-    whole epochs, or a single shortened epoch when not even one fits."""
-    fit = int((1 - VAL_SHARE) * tc.time_budget_min * 60 / max(seconds_per_batch, 1e-9))
-    if fit < n_batches:
-        return 1, max(1, fit)
-    return min(tc.epochs, fit // n_batches), n_batches
-
-
-def budget_epochs(tc, spent_s: float, done: int) -> int:
-    """Total epochs that fit ``tc.time_budget_min`` when ``done`` epochs took ``spent_s``
-    seconds; never fewer than ``done``, never more than ``tc.epochs``."""
-    pace = spent_s / max(done, 1)
-    left = tc.time_budget_min * 60 - spent_s
-    return max(done, min(tc.epochs, done + int(left // max(pace, 1e-9))))
 
 
 def train(
@@ -296,40 +273,51 @@ def _train(cfg: Config, fold: int, info: DistInfo, *, folds_path: Path, out_dir:
     tracker = Tracker(live_dir, enabled=main, use_dvclive=tc.live,
                       params={"fold": fold, **to_dict(cfg)})
     tracker.replay(state.history)
-    epochs = tc.epochs
+    # The run as a number of batches: every epoch in full, or what a time budget allows.
+    total = tc.epochs * n_batches
     spent = sum(r["epoch_seconds"] for r in state.history)  # budget already used before a resume
+    done = sum(r.get("train_batches", n_batches) for r in state.history)
+    budget_s = tc.time_budget_min * 60
+
+    def replan(new_total: int, why: str) -> None:
+        nonlocal total
+        total = new_total
+        parts.schedule.shorten(budget.optimizer_steps(total, tc.accumulate),
+                               budget.optimizer_steps(n_batches, tc.accumulate), tc)
+        if main:
+            print(f"time budget {tc.time_budget_min:g} min ({why}): planning "
+                  f"{budget.describe(total, n_batches, tc.epochs)}", flush=True)
+
+    def on_probe(seconds_per_batch: float) -> int:
+        # The first plan, from the pace of the first batches; the ranks agree on the mean.
+        pace = float(distributed.all_reduce_sum(
+            torch.tensor([seconds_per_batch], dtype=torch.float64), info)[0]) / info.world_size
+        replan(budget.plan_batches(budget_s, pace, total, reserve=budget.VAL_SHARE),
+               f"{pace:.2f} s/batch")
+        return budget.epoch_batches(total, n_batches, 0)
+
+    if budget_s > 0 and done:  # resumed: plan the rest from the pace so far
+        replan(budget.plan_batches(budget_s, spent / done, total, spent_s=spent, done=done),
+               "resumed")
     try:
         for epoch in range(state.next_epoch, tc.epochs):
-            if state.stopped or epoch >= epochs:
+            cap = budget.epoch_batches(total, n_batches, epoch)
+            if state.stopped or cap == 0:
                 break
-            on_probe = None
-            if tc.time_budget_min > 0 and epoch == 0 and not info.enabled:
-                # Plan the run from its first batches, so the cosine decay ends inside the
-                # budget even when it holds only a few epochs, or less than one. (Not under
-                # DDP: ranks timing their own batches could plan different lengths.)
-                def on_probe(pace: float) -> int | None:
-                    nonlocal epochs
-                    epochs, first = first_plan(tc, pace, n_batches)
-                    steps = -(-(first if epochs == 1 else n_batches) // tc.accumulate)
-                    parts.schedule.shorten(epochs, steps, tc)
-                    if main:
-                        what = (f"{first} of {n_batches} batches of one epoch"
-                                if first < n_batches else f"{epochs} of {tc.epochs} epochs")
-                        print(f"time budget {tc.time_budget_min:g} min: planning {what}",
-                              flush=True)
-                    return first
-            row = run_epoch(epoch, cfg, parts, train_loader, val_loader, info, show, on_probe)
-            if tc.time_budget_min > 0:
-                # Equal-time benchmarks: after each epoch, fit the rest into the budget from
-                # the mean epoch time so far, and re-plan the cosine decay to end there.
-                spent += row["epoch_seconds"]
-                planned = budget_epochs(tc, spent, done=epoch + 1)
-                if planned != epochs:
-                    epochs = planned
-                    parts.schedule.shorten(epochs, -(-n_batches // tc.accumulate), tc)
-                    if main:
-                        print(f"time budget {tc.time_budget_min:g} min: planning {epochs} of "
-                              f"{tc.epochs} epochs", flush=True)
+            probe = on_probe if budget_s > 0 and epoch == 0 else None
+            row = run_epoch(epoch, cfg, parts, train_loader, val_loader, info, show,
+                            max_batches=cap, on_probe=probe)
+            if budget_s > 0:
+                # Check the plan against the pace so far, validation included; the ranks
+                # agree on the mean epoch time. Shorten only: never raise the rate again.
+                spent += float(distributed.all_reduce_sum(
+                    torch.tensor([row["epoch_seconds"]], dtype=torch.float64), info)[0]
+                ) / info.world_size
+                done += row["train_batches"]
+                fits = budget.plan_batches(budget_s, spent / done, total, spent_s=spent,
+                                           done=done)
+                if fits < total:
+                    replan(fits, f"after epoch {epoch + 1}")
             improved = state.record(row, tc.patience)
             if main:
                 save_epoch(out_dir, cfg, parts, state, improved)

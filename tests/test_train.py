@@ -496,25 +496,25 @@ def test_kill_minus_nine_then_resume(tiny_data, folds_csv, cache_dir, tmp_path):
                          ["train_loss"])
 
 
-def test_budget_epochs_fits_the_remaining_time():
-    from pipeline.config import TrainConfig
-    from pipeline.train import budget_epochs
+def test_plan_batches_fits_the_remaining_time():
+    from pipeline.training.budget import plan_batches
 
-    tc = TrainConfig(epochs=10, time_budget_min=10)  # 600 s
-    assert budget_epochs(tc, spent_s=100, done=1) == 6  # 100 s/epoch: 5 more fit
-    assert budget_epochs(tc, spent_s=590, done=2) == 2  # out of time: stop after what is done
-    assert budget_epochs(tc, spent_s=10, done=1) == 10  # fast: capped at train.epochs
+    # 600 s at 1 s per batch, 1000 batches at most
+    assert plan_batches(600, 1.0, 1000) == 600
+    assert plan_batches(600, 1.0, 1000, reserve=0.1) == 540  # a tenth kept for validation
+    assert plan_batches(600, 0.1, 1000) == 1000  # fast: capped at every epoch
+    assert plan_batches(600, 1e4, 1000) == 1  # slow: one batch at least
+    # 300 batches took 400 s: 200 s left at 4/3 s per batch is 150 more
+    assert plan_batches(600, 400 / 300, 1000, spent_s=400, done=300) == 450
+    assert plan_batches(600, 2.0, 1000, spent_s=700, done=300) == 300  # over: stop here
 
 
-def test_first_plan_fits_epochs_or_part_of_one():
-    from pipeline.train import VAL_SHARE, first_plan
+def test_epoch_batches_spread_a_plan_over_epochs():
+    from pipeline.training.budget import describe, epoch_batches
 
-    tc = TrainConfig(epochs=10, time_budget_min=10)  # 600 s, 540 s of it for training
-    assert VAL_SHARE == pytest.approx(0.1)
-    assert first_plan(tc, seconds_per_batch=1.0, n_batches=100) == (5, 100)  # 540 batches
-    assert first_plan(tc, seconds_per_batch=10.0, n_batches=100) == (1, 54)  # under one epoch
-    assert first_plan(tc, seconds_per_batch=0.01, n_batches=100) == (10, 100)  # capped
-    assert first_plan(tc, seconds_per_batch=1e4, n_batches=100) == (1, 1)  # at least a batch
+    assert [epoch_batches(370, 154, e) for e in range(4)] == [154, 154, 62, 0]
+    assert [epoch_batches(54, 100, e) for e in range(2)] == [54, 0]  # part of one epoch
+    assert describe(370, 154, 30) == "2.4 of 30 epochs (370 batches)"
 
 
 def test_probe_can_shorten_an_epoch(tiny_data):
@@ -533,19 +533,41 @@ def test_probe_can_shorten_an_epoch(tiny_data):
     result = train_one_epoch(model, loader, build_loss(cfg), opt, Schedule(opt, cfg, 6),
                              torch.amp.GradScaler("cpu", enabled=False),
                              device=torch.device("cpu"), precision=Precision(),
-                             progress=False, probe_steps=2, on_probe=on_probe)
+                             progress=False, probe_steps=2, probe_skip=1, on_probe=on_probe)
     assert len(paces) == 1 and paces[0] > 0
-    assert result.images == 6  # 3 batches of 2, not 6
+    assert result.images == 6 and result.batches == 3  # 3 batches of 2, not 6
 
 
 def test_a_budget_shorter_than_an_epoch_trains_part_of_one(tiny_data, folds_csv, cache_dir,
                                                           tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(train_mod, "PROBE_STEPS", 1)
+    from pipeline.training import budget
+
+    monkeypatch.setattr(budget, "PROBE_STEPS", 1)
+    monkeypatch.setattr(budget, "PROBE_SKIP", 0)
     cfg = tiny_cfg(tiny_data, cache_dir, epochs=3)  # 3 batches per epoch (max_steps)
     metrics = train(cfg, 0, folds_path=folds_csv, progress=False, time_budget_s=1e-3,
                     **outputs(tmp_path))
-    assert "planning 1 of 3 batches of one epoch" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "planning 0.333 of 3 epochs (1 batches)" in out, out
     assert metrics["epochs"] == 1
     history = load_checkpoint(tmp_path / "run" / "ckpt" / "last.pt")["train_state"]["progress"][
         "history"]
-    assert len(history) == 1
+    assert [r["train_batches"] for r in history] == [1]
+    assert history[0]["lr"] == pytest.approx(cfg.train.min_lr)  # the decay ended in budget
+
+
+def test_a_budget_of_some_epochs_ends_the_decay_inside_it(tiny_data, folds_csv, cache_dir,
+                                                         tmp_path, monkeypatch):
+    from pipeline.training import budget
+
+    monkeypatch.setattr(budget, "PROBE_STEPS", 1)
+    monkeypatch.setattr(budget, "PROBE_SKIP", 0)
+    # whatever the pace, 5 of 6 batches fit: the plan is 1.67 epochs, the second one partial
+    monkeypatch.setattr(budget, "plan_batches", lambda *a, **k: min(5, a[2]))
+    cfg = tiny_cfg(tiny_data, cache_dir, epochs=2)
+    train(cfg, 0, folds_path=folds_csv, progress=False, time_budget_s=60, **outputs(tmp_path))
+    history = load_checkpoint(tmp_path / "run" / "ckpt" / "last.pt")["train_state"]["progress"][
+        "history"]
+    assert [r["train_batches"] for r in history] == [3, 2]
+    assert history[0]["lr"] > 10 * cfg.train.min_lr
+    assert history[-1]["lr"] == pytest.approx(cfg.train.min_lr)

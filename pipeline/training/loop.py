@@ -87,6 +87,7 @@ class EpochResult:
     loss_sum: float  # sum over images of the per-batch mean loss x batch size
     images: int
     seconds: float
+    batches: int = 0
 
 
 def train_one_epoch(
@@ -106,17 +107,22 @@ def train_one_epoch(
     desc: str = "train",
     progress: bool = True,
     probe_steps: int = 0,
+    probe_skip: int = 0,
     on_probe: Callable[[float], int | None] | None = None,
 ) -> EpochResult:
-    """One pass over ``loader``: gradients accumulated over ``accumulate`` batches, clipped to
-    ``grad_clip`` (0: off), then one optimiser step and one schedule step.
+    """One pass over ``loader`` (at most ``max_steps`` batches, 0: all): gradients accumulated
+    over ``accumulate`` batches, clipped to ``grad_clip`` (0: off), then one optimiser step and
+    one schedule step.
 
-    ``on_probe(seconds_per_batch)`` is called once, after ``probe_steps`` batches; it may
-    return a smaller number of batches for this epoch (a time budget shorter than an epoch).
+    ``on_probe(seconds_per_batch)`` is called once, after ``probe_steps`` batches, with the
+    pace of the batches after the first ``probe_skip``; it may return how many batches this
+    epoch should train instead (what a time budget allows).
     """
     model.train()
     n_batches = len(loader) if not max_steps else min(len(loader), max_steps)
     loss_sum, images, start = 0.0, 0, time.perf_counter()
+    probe_skip = min(probe_skip, max(probe_steps - 1, 0))
+    probe_start, batches = start, 0
     optimizer.zero_grad(set_to_none=True)
     bar = tqdm(total=n_batches, desc=desc, disable=not progress, leave=False, unit="batch")
     with clean_worker_errors():
@@ -141,18 +147,21 @@ def train_one_epoch(
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 schedule.step_batch()
+            batches += 1
             batch_loss = float(loss.detach())
             loss_sum += batch_loss * x.shape[0]
             images += x.shape[0]
             bar.update()
             bar.set_postfix(loss=f"{batch_loss:.4f}",
                             img_s=f"{images / (time.perf_counter() - start):.1f}")
+            if on_probe is not None and i + 1 == probe_skip:
+                probe_start = time.perf_counter()
             if on_probe is not None and i + 1 == probe_steps < n_batches:
-                cap = on_probe((time.perf_counter() - start) / probe_steps)
-                if cap is not None and cap < n_batches:
-                    n_batches = bar.total = max(cap, probe_steps)
+                cap = on_probe((time.perf_counter() - probe_start) / (probe_steps - probe_skip))
+                if cap is not None:
+                    n_batches = bar.total = min(n_batches, max(cap, probe_steps))
     bar.close()
-    return EpochResult(loss_sum, images, time.perf_counter() - start)
+    return EpochResult(loss_sum, images, time.perf_counter() - start, batches)
 
 
 @torch.no_grad()

@@ -90,18 +90,23 @@ class Schedule:
             )
         self.optimizer = optimizer
 
-    def shorten(self, epochs: int, steps_per_epoch: int, cfg: TrainConfig) -> None:
-        """Re-plan the cosine decay to end after ``epochs`` (a time budget cut the run short),
-        keeping the steps already taken: the run still anneals to ``min_lr``."""
+    def shorten(self, total_steps: int, steps_per_epoch: int, cfg: TrainConfig) -> None:
+        """Re-plan the cosine decay to end after ``total_steps`` optimiser steps (what a time
+        budget allows), keeping the steps already taken: the run still anneals to ``min_lr``."""
         if self.kind != "cosine":
             return
-        total = max(1, epochs * steps_per_epoch)
-        warmup = round(cfg.warmup_epochs * steps_per_epoch)
+        total = max(1, total_steps)
+        # a budget of a fraction of an epoch must not be all warm-up
+        warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total // 5)
         base, floor = cfg.lr, cfg.min_lr
         scale = 1.0 / base if base > 0 else 0.0
         self.inner.lr_lambdas = [
             (lambda s: lr_at(s, total, warmup, base, floor) * scale) for _ in self.inner.lr_lambdas
         ]
+        # the new plan applies to the current step at once, not from the next one
+        for group, base_lr, fn in zip(self.optimizer.param_groups, self.inner.base_lrs,
+                                      self.inner.lr_lambdas, strict=True):
+            group["lr"] = base_lr * fn(self.inner.last_epoch)
 
     def step_batch(self) -> None:
         """Call after every optimiser step."""

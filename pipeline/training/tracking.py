@@ -18,7 +18,7 @@ os.environ.setdefault("DVC_STUDIO_OFFLINE", "true")
 os.environ.setdefault("DVCLIVE_OPEN", "false")
 
 PLOT_NAME = "curves.png"
-UNLOGGED = ("epoch", "val_images")  # the step itself, and a constant
+UNLOGGED = ("epoch", "val_images", "train_batches")  # the step, constants
 PLOTTED = (("train_loss", "val_loss"), ("val_dice",), ("lr",))
 
 
