@@ -79,6 +79,8 @@ class ModelConfig:
     encoder: str = "resnet34"
     encoder_weights: str | None = None  # None: nothing is downloaded; "imagenet" needs internet
     pad_multiple: int = 32  # SMP inputs are reflect-padded to this multiple and cropped back
+    # every BatchNorm's running-average momentum (PyTorch's convention); None: the model's own
+    bn_momentum: float | None = None
 
     @property
     def label(self) -> str:

@@ -333,6 +333,21 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, model_cfg):
 # ------------------------------------------------------------------------ errors
 
 
+def _bn_momenta(model: nn.Module) -> set[float]:
+    return {m.momentum for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+
+
+def test_bn_momentum_sets_every_batch_norm():
+    effb3 = ModelConfig(arch="Unet", encoder="efficientnet-b3")
+    assert min(_bn_momenta(build_model(effb3))) == pytest.approx(0.01)  # TF 0.99 decay, shipped
+    assert _bn_momenta(build_model(dataclasses.replace(effb3, bn_momentum=0.1))) == {0.1}
+    small = ModelConfig(arch="unet", base_width=4, depth=2, bn_momentum=0.3)
+    assert _bn_momenta(build_model(small)) == {0.3}
+    assert _bn_momenta(build_model(dataclasses.replace(small, bn_momentum=None))) == {0.1}
+    with pytest.raises(PipelineError, match="bn_momentum must be in"):
+        build_model(dataclasses.replace(small, bn_momentum=1.5))
+
+
 def test_unknown_arch_lists_the_valid_ones():
     with pytest.raises(PipelineError) as err:
         build_model(ModelConfig(arch="Unett"))

@@ -38,9 +38,28 @@ def build_model(cfg: ModelConfig) -> nn.Module:
             f"model config '{cfg.label}': classes and in_channels must be >= 1 "
             f"(got classes={cfg.classes}, in_channels={cfg.in_channels})"
         )
-    if cfg.arch == HAND_WRITTEN:
-        return _build_unet(cfg)
-    return _build_smp(cfg)
+    if cfg.bn_momentum is not None and not 0 < cfg.bn_momentum <= 1:
+        raise PipelineError(
+            f"model config '{cfg.label}': model.bn_momentum must be in (0, 1] or null "
+            f"(got {cfg.bn_momentum})"
+        )
+    model = _build_unet(cfg) if cfg.arch == HAND_WRITTEN else _build_smp(cfg)
+    if cfg.bn_momentum is not None:
+        set_bn_momentum(model, cfg.bn_momentum)
+    return model
+
+
+def set_bn_momentum(model: nn.Module, momentum: float) -> int:
+    """Set the running-average momentum of every BatchNorm layer; returns how many there are.
+
+    EfficientNet encoders ship TensorFlow's 0.99 decay, which is PyTorch momentum 0.01. From
+    scratch, a few hundred steps leave their running statistics far from the batch statistics,
+    and a model with a low training loss predicts nothing in eval mode.
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for layer in layers:
+        layer.momentum = momentum
+    return len(layers)
 
 
 def _build_unet(cfg: ModelConfig) -> UNet:
