@@ -113,11 +113,29 @@ def final_metrics(cfg: Config, fold: int, history: list[dict], best_epoch: int,
     }
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a fresh peak for :func:`peak_memory_mib`, so that a process training several
+    models (the benchmark) reports each one's own peak."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: "5" resets the peak resident set size (VmHWM) to the current one
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def peak_memory_mib(device: torch.device) -> float:
-    """Peak memory of this process so far: the CUDA allocator's peak on a GPU, else the peak
-    resident set size (what the benchmark table reports)."""
+    """Peak memory since :func:`reset_peak_memory`: the CUDA allocator's peak on a GPU, else
+    the peak resident set size (what the benchmark table reports)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
@@ -227,6 +245,7 @@ def train(
             cfg, train=dataclasses.replace(cfg.train, time_budget_min=time_budget_s / 60))
     defaults = run_paths(cfg, fold)
     info = distributed.setup()
+    reset_peak_memory(info.device)
     try:
         return _train(cfg, fold, info, folds_path=Path(folds_path),
                       out_dir=Path(out_dir or defaults["out_dir"]),

@@ -95,8 +95,8 @@ def test_each_fold_is_scored_by_its_own_model(setup, tmp_path):
     assert s["folds"]["0"]["dice"] == 0 and s["folds"]["1"]["dice"] > 0
     assert sorted(s["angles"]) == [f"{a:02d}" for a in range(1, 17)]
     assert set(s["makes"]) == set(index["make"])
-    assert s["predict"] == {"tta": ["hflip"], "threshold": 0.5, "precision": "fp32",
-                            "device": "cpu"}
+    assert s["predict"] == {"tta": ["hflip"], "threshold": 0.5, "largest_component": False,
+                            "precision": "fp32", "device": "cpu"}
     assert [w.dice for w in result.worst] == sorted(scores["dice"])[:6]
 
 

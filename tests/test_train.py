@@ -571,3 +571,18 @@ def test_a_budget_of_some_epochs_ends_the_decay_inside_it(tiny_data, folds_csv, 
     assert [r["train_batches"] for r in history] == [3, 2]
     assert history[0]["lr"] > 10 * cfg.train.min_lr
     assert history[-1]["lr"] == pytest.approx(cfg.train.min_lr)
+
+
+def test_peak_memory_is_measured_from_the_last_reset():
+    from pipeline.train import peak_memory_mib, reset_peak_memory
+
+    cpu = torch.device("cpu")
+    reset_peak_memory(cpu)
+    before = peak_memory_mib(cpu)
+    block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    grown = peak_memory_mib(cpu)
+    del block
+    assert grown >= before + 48
+    if Path("/proc/self/clear_refs").exists():
+        reset_peak_memory(cpu)  # the 64 MiB are gone, and so is their peak
+        assert peak_memory_mib(cpu) < grown - 48
