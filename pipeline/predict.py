@@ -16,8 +16,9 @@ Per batch of images:
    (``align_corners=False``) to the output shape, 1280 x 1918 by default. Upsampling is
    linear, so upsampling the average equals averaging the upsampled maps: it runs once per
    size group instead of once per flip and model.
-6. ``probs > threshold`` gives the masks (optionally only each one's largest region); :func:`masks_to_rle` encodes them on the device and
-   only the run boundaries come back to the CPU.
+6. ``probs > threshold`` gives the masks (with ``largest_component``, only each one's largest
+   region); :func:`masks_to_rle` encodes them on the device and only the run boundaries come
+   back to the CPU.
 
 Memory stays flat however many images are predicted: :func:`iter_predictions` yields one batch
 at a time and keeps nothing.

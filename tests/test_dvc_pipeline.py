@@ -39,7 +39,8 @@ def dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     cmd = [str(dvc_bin), *args] if dvc_bin.exists() else [sys.executable, "-m", "dvc", *args]
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:"
            + os.environ.get("PATH", "")}
-    return subprocess.run(cmd, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(cmd, check=False, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=900)
 
 
 @pytest.mark.slow
