@@ -1,4 +1,5 @@
-"""Atomic writes: a file appears whole under its final name or not at all."""
+"""Atomic writes: a file appears whole under its final name or not at all (text, JSON, bytes,
+PNG images)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.errors import PipelineError
 
 
 @contextlib.contextmanager
@@ -38,3 +44,19 @@ def write_text(path: str | Path, text: str) -> Path:
 
 def write_json(path: str | Path, obj) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_png(path: str | Path, image: np.ndarray, compression: int = 1) -> Path:
+    """An RGB (H, W, 3) or greyscale (H, W) uint8 array as a PNG file."""
+    array = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+    ok, buf = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    if not ok:
+        raise PipelineError(f"{path}: could not encode the PNG")
+    return write_bytes(path, buf.tobytes())
+

@@ -19,3 +19,4 @@ DeviceOption = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (defau
 OverridesArgument = Annotated[
     list[str] | None, typer.Argument(help="section.key=value overrides, e.g. train.epochs=3.")
 ]
+ProgressOption = Annotated[bool, typer.Option(help="Show progress bars.")]

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +20,25 @@ from typing import Any
 import yaml
 
 from pipeline.errors import PipelineError
+from pipeline.typed import coerce, field_types
 
 # Kaggle's image size: every prediction is returned at this shape (rows, columns).
 FULL_HEIGHT = 1280
 FULL_WIDTH = 1918
+
+# Field metadata of settings that change speed, memory or logging but never a result: DVC does
+# not rerun a stage when only these change (dvc.yaml lists every other key).
+RUNTIME = {"runtime": True}
+
+
+def runtime(default: Any) -> Any:
+    """A dataclass field for a runtime-only setting (see :data:`RUNTIME`)."""
+    return field(default=default, metadata=RUNTIME)
+
+
+def result_keys(cls: type) -> list[str]:
+    """The fields of a config section that can change a result (every non-runtime field)."""
+    return [f.name for f in dataclasses.fields(cls) if not f.metadata.get("runtime")]
 
 
 @dataclass
@@ -45,7 +58,7 @@ class DataConfig:
 
     root: str = "data/carvana"  # folder in Kaggle layout (train/, train_masks/, ...)
     source: str = "demo"  # demo | kaggle | a directory in Kaggle layout
-    cache_dir: str = "data/cache"  # resized images and masks, keyed by size
+    cache_dir: str = runtime("data/cache")  # resized images and masks, keyed by size
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 
@@ -97,7 +110,7 @@ class TrainConfig:
     width: int = 480
     epochs: int = 10
     batch_size: int = 8
-    num_workers: int = 2
+    num_workers: int = runtime(2)
     lr: float = 3e-4
     weight_decay: float = 1e-4
     optimizer: str = "adamw"  # adam | adamw
@@ -107,7 +120,7 @@ class TrainConfig:
     restart_epochs: int = 5  # warm_restarts period
     loss: str = "bce_dice"  # bce_dice | bce | lovasz | bce_log_dice
     bce_weight: float = 0.5
-    precision: str = "auto"  # auto (bf16 on CUDA if supported) | fp32 | bf16 | fp16
+    precision: str = "auto"  # auto (the fastest native: pipeline.device) | fp32 | bf16 | fp16
     channels_last: bool = True
     grad_clip: float = 1.0
     accumulate: int = 1
@@ -125,8 +138,8 @@ class TrainConfig:
     aug_scale: float = 0.1  # affine zoom range 1 +- aug_scale
     aug_rotate: float = 5.0  # affine rotation range in degrees
     aug_color: float = 0.3  # probability of brightness/contrast and, separately, hue/saturation
-    threads: int = 0  # torch CPU threads per process; 0: the cores divided by local processes
-    live: bool = True  # per-epoch metrics and plots through DVCLive (dvclive/<model>/fold<K>)
+    threads: int = runtime(0)  # torch CPU threads per process; 0: torch's default
+    live: bool = runtime(True)  # per-epoch metrics and plots through DVCLive (dvclive/<model>/fold<K>)
     time_budget_min: float = 0.0  # >0: fit the epochs into this wall time (benchmark)
 
 
@@ -134,8 +147,8 @@ class TrainConfig:
 class PredictConfig:
     """The inference engine shared by evaluation and submission."""
 
-    batch_size: int = 4
-    num_workers: int = 2
+    batch_size: int = runtime(4)
+    num_workers: int = runtime(2)
     tta: list[str] = field(default_factory=lambda: ["hflip"])  # subset of hflip, vflip
     threshold: float = 0.5
     largest_component: bool = False  # keep only each mask's largest connected region
@@ -146,17 +159,18 @@ class PredictConfig:
 @dataclass
 class SubmitConfig:
     name: str = "submission"
-    shard_every: int = 1000  # rows written between resume checkpoints
+    shard_every: int = runtime(1000)  # rows written between resume checkpoints
 
 
 @dataclass
 class BenchmarkConfig:
-    """Which models and folds the DVC pipeline (and ``benchmark run``) trains and compares."""
+    """What the DVC pipeline trains and compares (read by ``dvc.yaml`` only)."""
 
-    # names of configs/models/<name>.yaml (or paths); the first one makes the submission
+    # names of configs/models/<name>.yaml; the first one makes the submission
     models: list[str] = field(default_factory=lambda: ["unet_small"])
     folds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
-    time_budget_min: float = 0.0  # >0: every run trains for this wall time (equal budget)
+    # configs/profiles/<profile>.yaml, layered after configs/base.yaml by every stage
+    profile: str = "demo"
 
 
 @dataclass
@@ -173,46 +187,11 @@ class Config:
 # --------------------------------------------------------------------------- building
 
 
-def _field_types(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` (allowing int for float)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in typing.get_args(tp):
-            return None
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _coerce(value, inner[0], where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise PipelineError(f"{where}: expected a list, got {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_coerce(v, item, where) for v in value]
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        # YAML 1.1 reads "1e-3" (no dot) as a string; accept it as the number it means.
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if tp is bool and not isinstance(value, bool):
-        raise PipelineError(f"{where}: expected true or false, got {value!r}")
-    if tp in (int, float, str) and not isinstance(value, tp):
-        raise PipelineError(f"{where}: expected {tp.__name__}, got {value!r}")
-    if tp is int and isinstance(value, bool):
-        raise PipelineError(f"{where}: expected int, got {value!r}")
-    return value
-
-
 def _merge(obj: Any, values: dict, source: str, prefix: str = "") -> Any:
     """Return a copy of dataclass ``obj`` with ``values`` merged in; reject unknown keys."""
     if not isinstance(values, dict):
         raise PipelineError(f"{source}: '{prefix or 'top level'}' must be a mapping")
-    types_ = _field_types(type(obj))
+    types_ = field_types(type(obj))
     changes = {}
     for key, value in values.items():
         path = f"{prefix}{key}"
@@ -227,7 +206,7 @@ def _merge(obj: Any, values: dict, source: str, prefix: str = "") -> Any:
         if dataclasses.is_dataclass(current):
             changes[key] = _merge(current, value, source, f"{path}.")
         else:
-            changes[key] = _coerce(value, types_[key], f"{source}: {path}")
+            changes[key] = coerce(value, types_[key], f"{source}: {path}")
     return dataclasses.replace(obj, **changes)
 
 
@@ -297,11 +276,17 @@ def default_paths(model: str | None = None) -> list[str]:
     return paths
 
 
-def cli_config(config=None, model=None, overrides=None) -> Config:
-    """The config every stage CLI builds: the ``--config`` files (default ``configs/base.yaml``),
-    then the ``--model`` file (a path, or a name in ``configs/models/``), then the trailing
-    ``key=value`` overrides."""
+def cli_paths(config=None, model=None) -> list[str]:
+    """The YAML files a stage CLI layers: the ``--config`` files (default
+    ``configs/base.yaml``), then the ``--model`` file (a path, or a name in
+    ``configs/models/``)."""
     paths = [str(p) for p in config] if config else default_paths()
     if model:
         paths.append(model_path(str(model)))
-    return load_config(paths, list(overrides or []))
+    return paths
+
+
+def cli_config(config=None, model=None, overrides=None) -> Config:
+    """The config every stage CLI builds: :func:`cli_paths`, then the trailing ``key=value``
+    overrides."""
+    return load_config(cli_paths(config, model), list(overrides or []))

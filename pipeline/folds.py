@@ -1,11 +1,7 @@
-"""Grouped, stratified K-fold split: ``python -m pipeline.folds``.
+"""Folds stage: ``python -m pipeline.folds`` writes ``folds/folds.csv``.
 
-All 16 angles of a car share one fold (a car's angles are near-duplicates: splitting them would
-leak the validation car into training and inflate CV Dice). Folds are balanced in image count
-(within one car) and stratified by make from ``metadata.csv`` (or by mask area), using
-scikit-learn's ``StratifiedGroupKFold``; the assignment is deterministic for a seed.
-
-Output: ``folds/folds.csv`` with columns ``img, car_id, angle, make, fold``.
+All 16 angles of a car share one fold; folds are balanced and stratified by make (or mask area)
+(:mod:`pipeline.data.splits`). Columns: ``img, car_id, angle, make, fold``.
 """
 
 from __future__ import annotations
@@ -13,137 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
-import pandas as pd
 import typer
 
-from pipeline.atomic import atomic_path
 from pipeline.cli import ConfigOption, OverridesArgument
-from pipeline.config import FoldsConfig, cli_config
-from pipeline.errors import PipelineError, one_line_errors
-
-COLUMNS = ["img", "car_id", "angle", "make", "fold"]
-
-
-def _strata(index: pd.DataFrame, stratify: str, n_folds: int) -> np.ndarray:
-    """One label per image to stratify on; rare labels are pooled so every stratum can be split."""
-    if stratify == "none":
-        return np.zeros(len(index), dtype=int)
-    if stratify == "make":
-        labels = index["make"].fillna("unknown").astype(str)
-    elif stratify == "area":
-        if "area" not in index:
-            raise PipelineError("folds.stratify=area needs a mask 'area' column in the index")
-        # Quartiles of the per-car mean mask area: big and small cars spread over the folds.
-        car_area = index.groupby("car_id")["area"].transform("mean")
-        labels = pd.qcut(car_area.rank(method="dense"), q=4, labels=False, duplicates="drop")
-        labels = labels.astype(str)
-    else:
-        raise PipelineError(f"folds.stratify must be make, area or none, got '{stratify}'")
-    cars_per_label = index.groupby(labels)["car_id"].nunique()
-    rare = cars_per_label[cars_per_label < n_folds].index
-    return np.where(labels.isin(rare), "_rare", labels)
-
-
-def make_folds(index: pd.DataFrame, cfg: FoldsConfig) -> pd.DataFrame:
-    """Assign a fold to every image of ``index`` (columns img, car_id, angle, make[, area]).
-
-    Cars are shuffled with ``cfg.seed`` before splitting, so a different seed gives a different
-    but equally balanced split.
-    """
-    n_cars = index["car_id"].nunique()
-    if cfg.n_folds < 2:
-        raise PipelineError(f"folds.n_folds must be at least 2, got {cfg.n_folds}")
-    if cfg.n_folds > n_cars:
-        raise PipelineError(
-            f"folds.n_folds={cfg.n_folds} is larger than the number of cars ({n_cars}); "
-            f"use at most {n_cars} folds or add cars"
-        )
-    # Shuffle whole cars (not images) so the sklearn splitter sees a seed-dependent order.
-    rng = np.random.default_rng(cfg.seed)
-    cars = index["car_id"].unique()
-    order = {car: i for i, car in enumerate(rng.permutation(cars))}
-    shuffled = index.assign(_order=index["car_id"].map(order)).sort_values(["_order", "angle"])
-    shuffled = shuffled.reset_index(drop=True)
-
-    from sklearn.model_selection import StratifiedGroupKFold  # slow import: only when splitting
-
-    splitter = StratifiedGroupKFold(n_splits=cfg.n_folds, shuffle=True, random_state=cfg.seed)
-    strata = _strata(shuffled, cfg.stratify, cfg.n_folds)
-    fold = np.full(len(shuffled), -1, dtype=int)
-    for k, (_, val_idx) in enumerate(splitter.split(shuffled, strata, groups=shuffled["car_id"])):
-        fold[val_idx] = k
-    out = shuffled.assign(fold=fold)
-    out = out.sort_values("img").reset_index(drop=True)
-    if "make" not in out:
-        out["make"] = "unknown"
-    return out[COLUMNS]
-
-
-def load_folds(path: str | Path) -> pd.DataFrame:
-    """Read ``folds.csv`` and check it: required columns, one fold per car."""
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"{path}: folds file not found; run `python -m pipeline.folds` first")
-    try:
-        folds = pd.read_csv(path, dtype={"car_id": str, "img": str})
-    except Exception as exc:  # noqa: BLE001 -- pandas raises many types for a broken CSV
-        raise PipelineError(f"{path}: cannot be parsed as CSV ({exc})") from None
-    missing = {"img", "car_id", "fold"} - set(folds.columns)
-    if missing:
-        raise PipelineError(f"{path}: missing column(s) {sorted(missing)}; re-run pipeline.folds")
-    shared = folds.groupby("car_id")["fold"].nunique()
-    if (shared > 1).any():
-        raise PipelineError(
-            f"{path}: car {shared[shared > 1].index[0]} appears in more than one fold; "
-            "its angles would leak into validation. Re-run pipeline.folds"
-        )
-    return folds
-
-
-def split(folds: pd.DataFrame, fold: int) -> tuple[list[str], list[str]]:
-    """(train images, validation images) for ``fold``; ``fold == -1`` trains on every image and
-    validates on none."""
-    n = int(folds["fold"].max()) + 1
-    if fold == -1:
-        return folds["img"].tolist(), []
-    if not 0 <= fold < n:
-        raise PipelineError(f"fold {fold} does not exist: the folds file has folds 0..{n - 1} "
-                            "(or -1 for all images)")
-    is_val = folds["fold"] == fold
-    train, val = folds.loc[~is_val], folds.loc[is_val]
-    leaked = set(train["car_id"]) & set(val["car_id"])
-    if leaked:
-        raise PipelineError(
-            f"fold {fold}: car {min(leaked)} is in both train and validation; "
-            "re-run pipeline.folds"
-        )
-    return train["img"].tolist(), val["img"].tolist()
-
-
-def select_rows(index: pd.DataFrame, imgs: list[str], folds_path: Path, root: str) -> pd.DataFrame:
-    """Rows of the train index for ``imgs``, in that order; every image must exist."""
-    rows = index.set_index("img")
-    missing = [img for img in imgs if img not in rows.index]
-    if missing:
-        raise PipelineError(
-            f"{folds_path}: {len(missing)} image(s) (e.g. {missing[0]}) are not in {root}; "
-            "the folds file belongs to other data: re-run `python -m pipeline.folds`"
-        )
-    return rows.loc[imgs].reset_index()
-
-
-def write_folds(folds: pd.DataFrame, path: str | Path) -> Path:
-    with atomic_path(path) as tmp:
-        folds.to_csv(tmp, index=False)
-    return Path(path)
-
-
-def _mask_areas(index: pd.DataFrame) -> pd.Series:
-    from pipeline.data.io import read_mask
-
-    return index["mask_path"].map(lambda p: float(read_mask(p).mean()) if p else np.nan)
-
+from pipeline.config import cli_config
+from pipeline.data.layout import train_index
+from pipeline.data.splits import fold_summary, make_folds, mask_areas, write_folds
+from pipeline.errors import one_line_errors
 
 app = typer.Typer(add_completion=False, help=__doc__.split("\n")[0])
 
@@ -161,17 +33,14 @@ def main(
     overrides: OverridesArgument = None,
 ) -> None:
     """Split the training cars into grouped, stratified folds."""
-    from pipeline.data.layout import train_index
-
     cfg = cli_config(config, None, overrides)
     index = train_index(data_root or cfg.data.root)
     if cfg.folds.stratify == "area":
-        index["area"] = _mask_areas(index)
+        index["area"] = mask_areas(index)
     folds = make_folds(index, cfg.folds)
     write_folds(folds, out)
-    sizes = folds.groupby("fold").agg(images=("img", "size"), cars=("car_id", "nunique"))
-    summary = ", ".join(f"{k}: {r.cars} cars/{r.images} imgs" for k, r in sizes.iterrows())
-    typer.echo(f"wrote {out}: {len(folds)} images, {cfg.folds.n_folds} folds ({summary})")
+    typer.echo(f"wrote {out}: {len(folds)} images, {cfg.folds.n_folds} folds "
+               f"({fold_summary(folds)})")
 
 
 if __name__ == "__main__":

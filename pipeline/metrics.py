@@ -43,7 +43,7 @@ def confusion_counts(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.stack([tp, fp, fn, tn, dice, torch.tensor(p.shape[0], device=p.device)]).double()
 
 
-def summarize(counts: torch.Tensor) -> dict[str, float]:
+def count_metrics(counts: torch.Tensor) -> dict[str, float]:
     """Turn summed :func:`confusion_counts` into dice (mean per image), accuracy, precision,
     recall."""
     tp, fp, fn, tn, dice_sum, n = (float(v) for v in counts)

@@ -1,16 +1,21 @@
-"""``python -m pipeline.benchmark``: one Typer app, one subcommand module each."""
+"""``python -m pipeline.benchmark``: the comparison table and the micro-benchmarks, one Typer app.
+
+    table     the model comparison from the training records and CV summaries (a DVC stage)
+    rle       our RLE against the common Kaggle kernel
+    models    parameters, forward and training-step speed of every model config
+    predict   the inference engine against a naive loop
+"""
 
 from __future__ import annotations
 
-import importlib
-
 import typer
+
+from pipeline.benchmark import engine_speed, model_speed, rle_speed, table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
-# Each module exposes register(app), which adds its command(s).
-for name in ("rle", "models", "predict", "compare"):
-    importlib.import_module(f"pipeline.benchmark.{name}").register(app)
+for module in (table, rle_speed, model_speed, engine_speed):
+    module.register(app)  # each adds its command(s)
 
 if __name__ == "__main__":
     app()

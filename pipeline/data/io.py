@@ -67,3 +67,12 @@ def image_size(path: str | Path) -> tuple[int, int]:
             return im.size
     except (OSError, SyntaxError) as exc:
         raise PipelineError(f"{path}: cannot be read ({exc})") from None
+
+
+def image_shape(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image from its header: the output shape of a prediction set."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: image not found")
+    w, h = image_size(path)
+    return h, w

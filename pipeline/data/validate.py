@@ -22,7 +22,7 @@ from pipeline.data.layout import ANGLES, NAME_RE, Layout, image_name, mask_name
 from pipeline.errors import PipelineError
 
 ERROR, WARNING = "error", "warning"
-MASK_RE_SUFFIX = "_mask.gif"
+MASK_SUFFIX = "_mask.gif"
 TEST_SIZE_SAMPLE = 64  # test images whose headers are read (the real test set has 100064)
 
 
@@ -156,7 +156,7 @@ def validate(
             )
         masks: list[str] = []
     else:
-        masks = [f for f in _listdir(layout.mask_dir) if f.endswith(MASK_RE_SUFFIX)]
+        masks = [f for f in _listdir(layout.mask_dir) if f.endswith(MASK_SUFFIX)]
     mask_set, image_set = set(masks), set(images)
     for img in images if layout.mask_dir.is_dir() else []:
         if mask_name(img) not in mask_set:
@@ -371,7 +371,7 @@ def _check_test(layout: Layout, check_sizes: bool, expected) -> list[Problem]:
     return out
 
 
-def summarize(root: str | Path, problems: list[Problem]) -> Summary:
+def summary_of(root: str | Path, problems: list[Problem]) -> Summary:
     """Counts for the report line; cheap (directory listings and one header)."""
     layout = Layout(root)
     images = [f for f in _listdir(layout.train_dir) if NAME_RE.match(f)]
@@ -416,4 +416,4 @@ def check(
         raise PipelineError(
             f"{root}: {len(errors)} problems make this dataset unusable: {first}{more}"
         )
-    return summarize(root, problems)
+    return summary_of(root, problems)

@@ -24,6 +24,7 @@ from torch import nn
 from pipeline.atomic import atomic_path
 from pipeline.config import Config, ModelConfig, from_dict, to_dict
 from pipeline.errors import PipelineError
+from pipeline.models.factory import build_model
 
 FORMAT = 1
 
@@ -83,14 +84,21 @@ def checkpoint_config(ckpt: dict) -> Config:
     return from_dict(Config, ckpt["config"], source="checkpoint config")
 
 
+def model_config_of(ckpt: dict, source: str | Path = "checkpoint") -> ModelConfig:
+    """The ModelConfig a checkpoint's weights belong to."""
+    return from_dict(ModelConfig, ckpt["model_config"], source=f"{source} model_config")
+
+
+def checkpoint_label(path: str | Path) -> str:
+    """The model label (``model.name`` or arch[-encoder]) stored in a checkpoint."""
+    return model_config_of(load_checkpoint(path), path).label
+
+
 def load_model(
     path: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict]:
     """Rebuild the model from the checkpoint alone and load its weights (eval mode)."""
-    from pipeline.models.factory import build_model
-
     ckpt = load_checkpoint(path, map_location="cpu")
-    model_cfg = from_dict(ModelConfig, ckpt["model_config"], source=f"{path} model_config")
-    model = build_model(model_cfg)
+    model = build_model(model_config_of(ckpt, path))
     model.load_state_dict(ckpt["state_dict"])
     return model.to(map_location).eval(), ckpt

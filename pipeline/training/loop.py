@@ -1,4 +1,4 @@
-"""One training epoch and one validation pass, plus the precision settings they share.
+"""One training epoch and one validation pass.
 
 Both loops return sums (loss x images, confusion counts) so that DDP ranks can add them before
 anything is divided.
@@ -16,52 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from pipeline.device import Precision, autocast
 from pipeline.errors import PipelineError
 from pipeline.metrics import confusion_counts
 from pipeline.training.schedule import Schedule
 
 WORKER_ERROR_PREFIX = "pipeline.errors.PipelineError: "
-
-
-@dataclass(frozen=True)
-class Precision:
-    """Autocast dtype (None: fp32) and whether fp16 needs a gradient scaler."""
-
-    dtype: torch.dtype | None = None
-    scaler: bool = False
-
-    @property
-    def name(self) -> str:
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
-
-
-def resolve_precision(name: str, device: torch.device) -> Precision:
-    """``auto``: bf16 autocast on a CUDA GPU that supports it, else fp16 with a gradient scaler;
-    fp32 on CPU, so a CPU run gives the same numbers on any CPU. ``bf16`` on a CPU with native
-    bf16 (AVX512-BF16 or AMX) is about 2x faster: an SMP Unet-resnet18 training step at
-    192x288, batch 8, took 0.68 s against 1.34 s in fp32 on this project's 2-core machine, which
-    is why ``configs/profiles/cpu_real.yaml`` asks for it. Explicit names are honoured where
-    they make sense."""
-    cuda = device.type == "cuda"
-    if name == "auto":
-        if not cuda:
-            return Precision()
-        name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if name == "fp32":
-        return Precision()
-    if name == "bf16":
-        return Precision(torch.bfloat16)
-    if name == "fp16":
-        if not cuda:
-            raise PipelineError("train.precision=fp16 needs a CUDA GPU; use fp32 or bf16 on CPU")
-        return Precision(torch.float16, scaler=True)
-    raise PipelineError(f"train.precision must be auto, fp32, bf16 or fp16, got '{name}'")
-
-
-def autocast(precision: Precision, device: torch.device):
-    if precision.dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=precision.dtype)
 
 
 @contextlib.contextmanager
@@ -165,7 +125,7 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(
+def validate_epoch(
     model: nn.Module,
     loader,
     loss_fn: nn.Module,

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.config import Config, ModelConfig, from_dict
+from pipeline.config import Config
 from pipeline.errors import PipelineError
-from pipeline.models.checkpoint import load_checkpoint, unwrap
+from pipeline.models.checkpoint import load_checkpoint, model_config_of, unwrap
 
 
 @dataclass
@@ -80,8 +80,7 @@ def train_state(progress: Progress, optimizer, schedule, scaler) -> dict:
 def restore(path: Path, cfg: Config, model, optimizer, schedule, scaler) -> Progress:
     """Load ``last.pt`` into the live objects (weights, optimiser, schedule, scaler, RNGs)."""
     ckpt = load_checkpoint(path)
-    saved = from_dict(ModelConfig, ckpt["model_config"], source=f"{path} model_config")
-    if saved != cfg.model:
+    if model_config_of(ckpt, path) != cfg.model:
         raise PipelineError(f"{path}: was trained with a different model config; "
                             "drop --resume to start over, or use the matching --model")
     state = ckpt.get("train_state")

@@ -11,7 +11,7 @@ import math
 import os
 from pathlib import Path
 
-from pipeline.atomic import atomic_path
+from pipeline.figures import pyplot, save_figure
 
 # DVCLive must never reach the network or a git/DVC experiment from inside a training run.
 os.environ.setdefault("DVC_STUDIO_OFFLINE", "true")
@@ -83,11 +83,7 @@ class Tracker:
         """Write ``curves.png`` (loss, val Dice, lr per epoch) atomically."""
         if not self.enabled or not self.rows:
             return None
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         epochs = [r["epoch"] + 1 for r in self.rows]
         fig, axes = plt.subplots(1, len(PLOTTED), figsize=(4 * len(PLOTTED), 3))
         for ax, keys in zip(axes, PLOTTED):
@@ -104,11 +100,7 @@ class Tracker:
             if len(keys) > 1:
                 ax.legend()
         fig.tight_layout()
-        path = self.dir / PLOT_NAME
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=80)
-        plt.close(fig)
-        return path
+        return save_figure(fig, self.dir / PLOT_NAME, dpi=80)
 
     def close(self) -> None:
         if self.live is not None:

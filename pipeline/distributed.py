@@ -1,8 +1,9 @@
-"""DistributedDataParallel plumbing for ``torchrun --nproc_per_node N -m pipeline.train``.
+"""Several processes under ``torchrun``: rank info, the process group, reductions, and how a
+list of items is split into contiguous per-rank blocks.
 
 torchrun exports ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; without them (or with a world of
 one) everything here degrades to a single process. NCCL on GPUs, gloo on CPU. Only rank 0
-writes files; metrics are sums that ranks add together before dividing.
+writes shared files; metrics are sums that ranks add together before dividing.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from pipeline.device import pick_device
 from pipeline.errors import PipelineError
 
 
 @dataclass(frozen=True)
 class DistInfo:
-    """Where this process sits: ``rank`` of ``world_size`` and the device it trains on."""
+    """Where this process sits: ``rank`` of ``world_size`` and the device it computes on."""
 
     rank: int = 0
     world_size: int = 1
@@ -34,20 +36,23 @@ class DistInfo:
         return self.rank == 0
 
 
-def setup() -> DistInfo:
-    """Join the process group when launched by torchrun; pick this process's device."""
+def setup(device: str | None = None) -> DistInfo:
+    """Join the process group when launched by torchrun and pick this process's device: its
+    local GPU, else ``device`` (one process only), else the first GPU or the CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available()
-    if cuda:
-        device = torch.device("cuda", local % torch.cuda.device_count())
-        torch.cuda.set_device(device)
+    if world > 1 or not device:
+        chosen = torch.device("cuda", local % torch.cuda.device_count()) if cuda \
+            else torch.device("cpu")
     else:
-        device = torch.device("cpu")
+        chosen = pick_device(device)
+    if chosen.type == "cuda":
+        torch.cuda.set_device(chosen)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
-    return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=chosen)
 
 
 def cleanup(info: DistInfo) -> None:
@@ -63,6 +68,21 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     work = tensor.to(info.device if info.device.type == "cuda" else "cpu").clone()
     dist.all_reduce(work, op=dist.ReduceOp.SUM)
     return work.to(tensor.device)
+
+
+def mean_over_ranks(value: float, info: DistInfo) -> float:
+    """The mean of a Python float over ranks (a pace, an epoch time)."""
+    total = all_reduce_sum(torch.tensor([value], dtype=torch.float64), info)
+    return float(total[0]) / info.world_size
+
+
+def gather(obj, info: DistInfo) -> list:
+    """Every rank's ``obj`` on every rank, in rank order (just ``[obj]`` on one process)."""
+    if not info.enabled:
+        return [obj]
+    out: list = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def barrier(info: DistInfo) -> None:
@@ -84,3 +104,12 @@ def run_on_all_ranks(fn, info: DistInfo):
     if failed.item() > 0:
         raise PipelineError("another rank failed while preparing data (see its error line)")
     return result
+
+
+def block_range(n: int, rank: int, world: int, align: int = 1) -> tuple[int, int]:
+    """Rank ``rank``'s contiguous [start, stop) of ``n`` items; block sizes are multiples of
+    ``align`` (the batch size) except the last, so batches match a single-process run."""
+    per_rank = -(-n // world)  # ceil
+    per_rank = -(-per_rank // align) * align
+    start = min(n, rank * per_rank)
+    return start, min(n, start + per_rank)

@@ -8,20 +8,19 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
+from pipeline import distributed
 from pipeline.config import FULL_HEIGHT, FULL_WIDTH, Config
-from pipeline.data.dataset import SegmentationDataset, build_cache, build_transform
+from pipeline.data.cache import build_cache
+from pipeline.data.dataset import SegmentationDataset, build_transform
 from pipeline.data.layout import train_index
-from pipeline.folds import load_folds, select_rows, split
-from pipeline.training import distributed
-from pipeline.training.distributed import DistInfo
+from pipeline.data.splits import fold_rows, load_folds
+from pipeline.distributed import DistInfo
 
 
-def fold_rows(cfg: Config, fold: int, folds_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train rows, validation rows) of the train index; ``split`` refuses a car on both sides."""
-    train_imgs, val_imgs = split(load_folds(folds_path), fold)
-    index = train_index(cfg.data.root)
-    return (select_rows(index, train_imgs, folds_path, f"{cfg.data.root}/train"),
-            select_rows(index, val_imgs, folds_path, f"{cfg.data.root}/train"))
+def run_rows(cfg: Config, fold: int, folds_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train rows, validation rows) of the train index for ``fold`` of ``folds_path``."""
+    return fold_rows(train_index(cfg.data.root), load_folds(folds_path), fold, folds_path,
+                     f"{cfg.data.root}/train")
 
 
 def cache_dir(cfg: Config) -> str | None:

@@ -1,12 +1,8 @@
-"""Submission files: the streaming validator, the resumable shard writer and the shard merge.
+"""The submission file format and its streaming validator.
 
 Format (Kaggle's): a CSV with header ``img,rle_mask`` and one row per name of
 ``sample_submission.csv``, in its order; the RLE is row-major with 1-based starts
 (:mod:`pipeline.rle`). Files may be gzip-compressed (Kaggle accepts ``.csv.gz``).
-
-Shards are written as a sequence of **gzip members**, one per chunk of rows. Concatenated gzip
-members form a valid gzip stream, so a shard can grow by appending, be cut back to the last
-finished chunk after a crash, and shards are merged by concatenating their bytes.
 """
 
 from __future__ import annotations
@@ -14,16 +10,15 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import json
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 
-from pipeline.atomic import write_json
 from pipeline.config import FULL_HEIGHT, FULL_WIDTH
+from pipeline.data.io import image_shape
+from pipeline.data.layout import Layout
 from pipeline.errors import PipelineError
 
 HEADER = "img,rle_mask"
@@ -208,90 +203,6 @@ def csv_lines(names: Iterable[str], rles: Iterable[str]) -> str:
     return "".join(f"{n},{r}\n" for n, r in zip(names, rles, strict=True))
 
 
-def gzip_member(text: str) -> bytes:
-    """One deterministic gzip member (no timestamp, no file name) holding ``text``."""
-    return gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0)
-
-
-class ShardWriter:
-    """Append rows to ``path`` as gzip members, one per chunk, with a resume stamp.
-
-    The stamp ``<path>.json`` holds ``key`` (what the rows were computed from), the number of
-    rows written and the file size after them; it is rewritten atomically after each chunk. On
-    start, a stamp with the same key resumes: the file is cut back to the stamped size (dropping
-    a chunk a crash left half-written) and ``rows_done`` rows are skipped by the caller. Any
-    other state starts the shard afresh. ``header`` is written first when given.
-    """
-
-    def __init__(self, path: str | Path, key: str, header: str | None = None):
-        self.path = Path(path)
-        self.stamp = self.path.with_name(self.path.name + ".json")
-        self.key = key
-        self.buffer: list[str] = []
-        self.pending = 0  # rows queued in buffer
-        self.rows_done = 0  # rows durably written
-        self.resumed = False  # continued an earlier run
-        self.discarded = False  # an earlier shard with another key was replaced
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        state = self._read_stamp()
-        if state and state.get("key") == key and self._size() >= state["bytes"]:
-            with open(self.path, "r+b") as fh:
-                fh.truncate(state["bytes"])
-            self.rows_done, self.bytes = int(state["rows"]), int(state["bytes"])
-            self.resumed = True
-        else:
-            self.discarded = self.path.is_file() and self._size() > 0
-            self.path.write_bytes(gzip_member(header + "\n") if header else b"")
-            self.bytes = self._size()
-            self._write_stamp()
-
-    def _size(self) -> int:
-        return self.path.stat().st_size if self.path.is_file() else -1
-
-    def _read_stamp(self) -> dict | None:
-        try:
-            state = json.loads(self.stamp.read_text())
-            return state if {"key", "rows", "bytes"} <= set(state) else None
-        except (OSError, ValueError):
-            return None
-
-    def _write_stamp(self) -> None:
-        write_json(self.stamp, {"key": self.key, "rows": self.rows_done, "bytes": self.bytes})
-
-    def add(self, lines: str, count: int) -> None:
-        """Queue ``count`` rows (``lines``: their CSV text) for the next :meth:`flush`."""
-        self.buffer.append(lines)
-        self.pending += count
-
-    def flush(self) -> None:
-        """Append the queued rows as one gzip member, make it durable, then advance the stamp."""
-        if not self.pending:
-            return
-        data = gzip_member("".join(self.buffer))
-        with open(self.path, "ab") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        self.bytes += len(data)
-        self.rows_done += self.pending
-        self.buffer, self.pending = [], 0
-        self._write_stamp()
-
-    def remove(self) -> None:
-        for p in (self.path, self.stamp):
-            if p.exists():
-                p.unlink()
-
-
-def concat_files(parts: Iterable[str | Path], out: str | Path, block: int = 1 << 22) -> None:
-    """Byte-concatenate ``parts`` into ``out`` (gzip members concatenate into one stream)."""
-    with open(out, "wb") as dst:
-        for part in parts:
-            with open(part, "rb") as src:
-                while chunk := src.read(block):
-                    dst.write(chunk)
-
-
 def read_submission(path: str | Path) -> list[tuple[str, str]]:
     """All (img, rle) rows of a submission (small files and tests; not streaming)."""
     with open_text(path) as fh:
@@ -299,3 +210,16 @@ def read_submission(path: str | Path) -> list[tuple[str, str]]:
     if not rows or ",".join(rows[0]) != HEADER:
         raise PipelineError(f"{path}: expected the header '{HEADER}'")
     return [(r[0], r[1] if len(r) > 1 else "") for r in rows[1:]]
+
+
+def validate_for_data_root(path: str | Path, data_root: str | Path,
+                           limit: int | None = None) -> tuple[list[str], tuple[int, int]]:
+    """Problems of a submission file against ``<data_root>/sample_submission.csv`` and the size
+    of the images in ``<data_root>/test`` (Kaggle's 1918x1280 when there are none)."""
+    layout = Layout(data_root)
+    sample = layout.sample_submission_csv
+    if not sample.is_file():
+        raise PipelineError(f"{sample}: not found; --data-root must hold sample_submission.csv")
+    first = min(layout.test_dir.glob("*.jpg"), default=None) if layout.test_dir.is_dir() else None
+    shape = image_shape(first) if first else (FULL_HEIGHT, FULL_WIDTH)
+    return validate_submission(path, sample, shape, limit), shape

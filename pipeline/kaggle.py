@@ -1,11 +1,12 @@
-"""Download the Carvana competition files from Kaggle and unzip them into Kaggle layout.
+"""The one Kaggle client: download the competition files, submit a file, fetch its score.
 
-Needs the optional ``kaggle`` package (``pip install 'carvana-pipeline[kaggle]'``), an API token
-(``~/.kaggle/kaggle.json`` or ``KAGGLE_USERNAME``/``KAGGLE_KEY``), the competition rules
-accepted on kaggle.com, and a network connection. Each missing piece is reported as one line.
+Everything goes through the optional ``kaggle`` package (``pip install
+'carvana-pipeline[kaggle]'``), an API token (``~/.kaggle/kaggle.json`` or ``KAGGLE_USERNAME``
+and ``KAGGLE_KEY``), the competition rules accepted on kaggle.com, and a network connection;
+each missing piece is reported as one line.
 
-Resumable: a zip already extracted (a ``.<zip>.done`` marker beside the data) is skipped, and a
-zip already downloaded is not fetched again.
+Downloads resume: a zip already extracted (a ``.<zip>.done`` marker beside the data) is
+skipped, and a zip already downloaded is not fetched again.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pipeline.errors import PipelineError
 
@@ -45,30 +47,42 @@ def credentials_found(env: dict | None = None, home: Path | None = None) -> bool
 
 
 def installed() -> bool:
-    """True when the optional ``kaggle`` package can be imported."""
-    return "kaggle" in sys.modules or importlib.util.find_spec("kaggle") is not None
+    """Whether the optional ``kaggle`` package can be imported."""
+    if "kaggle" in sys.modules:
+        return sys.modules["kaggle"] is not None
+    return importlib.util.find_spec("kaggle") is not None
 
 
-def _api():
-    """An authenticated ``KaggleApi``; one-line errors for a missing package or token."""
+def client(purpose: str = "this command", api: Any = None) -> Any:
+    """An authenticated ``KaggleApi`` (or ``api`` as given: tests pass a fake); one-line errors
+    for a missing package, a missing token or a refused one. ``purpose`` starts the messages."""
+    if api is not None:
+        return api
     if not installed():
-        raise PipelineError(f"the 'kaggle' package is not installed; run: {INSTALL_HINT}")
+        raise PipelineError(f"{purpose} needs the kaggle package: {INSTALL_HINT}")
     if not credentials_found():
         raise PipelineError(
             "no Kaggle API token: create one at https://www.kaggle.com/settings (API, Create New "
             "Token) and save it as ~/.kaggle/kaggle.json, or set KAGGLE_USERNAME and KAGGLE_KEY"
         )
     try:
-        # Importing the package authenticates already (and raises without a token).
+        # kaggle < 1.6 authenticates at import (and raises without a token)
         module = importlib.import_module("kaggle.api.kaggle_api_extended")
+    except ImportError:
+        raise PipelineError(f"{purpose} needs the kaggle package: {INSTALL_HINT}") from None
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - OSError, ValueError or exit
+        raise PipelineError(_auth_error(exc)) from None
+    try:
         api = module.KaggleApi()
         api.authenticate()
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - OSError, ValueError or exit
-        raise PipelineError(
-            f"Kaggle authentication failed ({_first_line(exc)}); check "
-            "~/.kaggle/kaggle.json or KAGGLE_USERNAME/KAGGLE_KEY"
-        ) from None
+        raise PipelineError(_auth_error(exc)) from None
     return api
+
+
+def _auth_error(exc: BaseException) -> str:
+    return (f"Kaggle authentication failed ({_first_line(exc)}); check ~/.kaggle/kaggle.json "
+            "or KAGGLE_USERNAME/KAGGLE_KEY")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -161,7 +175,7 @@ def download(
     todo = [n for n in names if not _marker(root, n).is_file()]
     if not todo:
         return root
-    api = _api()
+    api = client("downloading the competition files")
     root.mkdir(parents=True, exist_ok=True)
     for name in todo:
         archive = root / name
@@ -186,3 +200,56 @@ def download(
         if not keep_zips:
             archive.unlink()
     return root
+
+
+def submit_file(path: str | Path, message: str, competition: str = COMPETITION,
+                api: Any = None) -> None:
+    """Submit ``path`` to the competition with ``message``."""
+    api = client("--upload", api)
+    try:
+        api.competition_submit(str(path), message, competition)
+    except Exception as exc:  # noqa: BLE001 -- network, credentials, rules: one line each
+        raise PipelineError(f"kaggle upload of {path} failed: {_first_line(exc)}; check the "
+                            "network, the token in ~/.kaggle/kaggle.json (or KAGGLE_USERNAME "
+                            "and KAGGLE_KEY) and that the rules are accepted") from None
+
+
+def fetch_score(submission: str | Path, competition: str = COMPETITION, api: Any = None) -> float:
+    """The score Kaggle gave the newest submission of a file named like ``submission``.
+
+    Prefers the private score (what the final leaderboard ranked), else the public one.
+    """
+    name = Path(submission).name
+    api = client("--fetch-kaggle", api)
+    try:
+        submissions = api.competition_submissions(competition) or []
+    except Exception as exc:  # noqa: BLE001 -- network, HTTP 401/403 (rules not accepted)
+        raise PipelineError(f"kaggle: cannot list submissions to {competition} "
+                            f"({_first_line(exc)})") from None
+    matching = [s for s in submissions if _field(s, "fileName", "file_name") == name]
+    if not matching:
+        raise PipelineError(
+            f"{name}: no submission with this file name among your {len(submissions)} "
+            f"submissions to {competition}; submit it with `python -m pipeline.submit --upload` "
+            f"or `kaggle competitions submit {competition} -f {submission} -m <message>`"
+        )
+    latest = matching[0]  # Kaggle lists submissions newest first
+    value = _field(latest, "privateScore", "private_score", "publicScore", "public_score")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        status = _field(latest, "status") or "unknown"
+        raise PipelineError(
+            f"{name}: Kaggle has no score for this submission yet (status: {status}); "
+            "try again when it is scored"
+        ) from None
+
+
+def _field(sub: Any, *names: str) -> Any:
+    """The first non-empty attribute of a submission (kaggle < 1.7 uses camelCase names, later
+    versions snake_case; tests pass dicts)."""
+    for n in names:
+        value = sub.get(n) if isinstance(sub, dict) else getattr(sub, n, None)
+        if value not in (None, ""):
+            return value
+    return None

@@ -1,16 +1,14 @@
 """``python -m pipeline.benchmark models``: size and speed of every model config on one device.
 
 For each config: parameters, forward images/s (eval, no grad), training-step images/s
-(forward + backward + AdamW step), and on CUDA the peak memory of each. Same input size, batch
-and device for all, in one run, so the ratios between models are the result; the absolute
-numbers only hold for this machine. On CUDA it runs as training does: bf16 autocast and
-channels_last.
+(forward + backward + AdamW step), and on CUDA the peak memory of each. Same input size, batch,
+device and precision (``--precision``, resolved as training does) for all, in one run, so the
+ratios between models are the result; the absolute numbers only hold for this machine. On CUDA
+the inputs are channels_last, as in training.
 """
 
 from __future__ import annotations
 
-import contextlib
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -23,32 +21,24 @@ import typer
 from tqdm import tqdm
 
 from pipeline.atomic import write_json
-from pipeline.config import ModelConfig, default_paths, load_config, to_dict
+from pipeline.cli import ConfigOption, DeviceOption
+from pipeline.config import MODELS_DIR, ModelConfig, cli_config, to_dict
+from pipeline.device import (
+    Precision,
+    autocast,
+    device_name,
+    peak_memory_mib,
+    pick_device,
+    reset_peak_memory,
+    resolve_precision,
+    synchronize,
+)
 from pipeline.errors import PipelineError, one_line_errors
 from pipeline.models.factory import build_model, count_parameters
 
-MODEL_DIR = Path("configs/models")
+FP32 = Precision()
 
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: the first CUDA device if there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PipelineError(f"--device {name}: no CUDA device is visible; use --device cpu")
-    return device
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+MODEL_DIR = Path(MODELS_DIR)
 
 
 def seconds_per_step(
@@ -60,24 +50,12 @@ def seconds_per_step(
         fn()
     times = []
     for _ in range(steps):
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         fn()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def _peak_mib(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    return torch.cuda.max_memory_allocated(device) / 2**20
-
-
-def _reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
 
 
 def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -96,6 +74,7 @@ def benchmark_model(
     steps: int,
     warmup: int,
     device: torch.device,
+    precision: Precision = FP32,
 ) -> dict:
     """Measure one model; a failure while running (out of memory, a batch too small for batch
     norm) is recorded in ``status`` rather than raised, so the other models still run."""
@@ -114,18 +93,15 @@ def benchmark_model(
     else:
         target = torch.randint(0, cfg.classes, (batch_size, height, width), device=device)
 
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-
     def forward() -> None:
-        with torch.inference_mode(), autocast():
+        with torch.inference_mode(), autocast(precision, device):
             model(x)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def train_step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with autocast():
+        with autocast(precision, device):
             logits = model(x)
         _loss(logits, target).backward()
         optimizer.step()
@@ -133,7 +109,9 @@ def benchmark_model(
     row["status"] = "ok"
     for phase, fn, train in (("forward", forward, False), ("train", train_step, True)):
         model.train(train)
-        _reset_peak(device)
+        if cuda:
+            torch.cuda.empty_cache()
+        reset_peak_memory(device)
         try:
             seconds = seconds_per_step(fn, steps, warmup, device)
         except torch.cuda.OutOfMemoryError:
@@ -144,13 +122,14 @@ def benchmark_model(
             break
         row[f"{phase}_ms_per_batch"] = 1e3 * seconds
         row[f"{phase}_img_per_s"] = batch_size / seconds
-        row[f"{phase}_peak_mib"] = _peak_mib(device)
+        row[f"{phase}_peak_mib"] = peak_memory_mib(device) if cuda else None
     return row
 
 
-def load_model_configs(paths: list[Path], overrides: list[str] = ()) -> list[ModelConfig]:
-    """``cfg.model`` of each file, layered on configs/base.yaml as every stage does."""
-    return [load_config(default_paths(str(p)), overrides).model for p in paths]
+def load_model_configs(paths: list[Path], overrides: list[str] = (),
+                       config: list[Path] | None = None) -> list[ModelConfig]:
+    """``cfg.model`` of each file, layered on the ``--config`` files as every stage does."""
+    return [cli_config(config, str(p), overrides).model for p in paths]
 
 
 def run_models_benchmark(
@@ -161,8 +140,10 @@ def run_models_benchmark(
     batch_size: int = 4,
     steps: int = 10,
     warmup: int = 2,
-    device: str = "auto",
+    device: str | None = None,
+    precision: str = "auto",
     overrides: list[str] = (),
+    config: list[Path] | None = None,
     out: Path | None = None,
     progress: bool = True,
 ) -> dict:
@@ -170,8 +151,9 @@ def run_models_benchmark(
     interrupted run keeps what it measured."""
     if min(height, width, batch_size, steps) < 1 or warmup < 0:
         raise PipelineError("height, width, batch size and steps must be >= 1, warmup >= 0")
-    configs = load_model_configs(paths, overrides)  # all parse before the first slow run
+    configs = load_model_configs(paths, overrides, config)  # all parse before the first run
     dev = pick_device(device)
+    prec = resolve_precision(precision, dev, what="--precision")
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its kernels
     result = {
@@ -181,7 +163,7 @@ def run_models_benchmark(
         "batch_size": batch_size,
         "steps": steps,
         "warmup": warmup,
-        "precision": "bf16 autocast, channels_last" if dev.type == "cuda" else "fp32",
+        "precision": prec.name + (" autocast, channels_last" if dev.type == "cuda" else ""),
         "torch": torch.__version__,
         "results": [],
     }
@@ -194,6 +176,7 @@ def run_models_benchmark(
             steps=steps,
             warmup=warmup,
             device=dev,
+            precision=prec,
         )
         row["config"] = str(path)
         row["model_config"] = to_dict(cfg)
@@ -260,9 +243,10 @@ def register(app: typer.Typer) -> None:
         batch_size: Annotated[int, typer.Option(help="Images per step.")] = 4,
         steps: Annotated[int, typer.Option(help="Timed steps per phase (median).")] = 10,
         warmup: Annotated[int, typer.Option(help="Untimed steps before each phase.")] = 2,
-        device: Annotated[
-            str, typer.Option(help="auto (cuda if available), cpu, cuda, cuda:1")
-        ] = "auto",
+        device: DeviceOption = None,
+        precision: Annotated[str, typer.Option(
+            help="auto (the fastest native one), fp32, bf16, fp16.")] = "auto",
+        config: ConfigOption = None,
         out: Annotated[Path, typer.Option(help="JSON result.")] = Path(
             "reports/benchmark_models.json"
         ),
@@ -279,7 +263,9 @@ def register(app: typer.Typer) -> None:
             steps=steps,
             warmup=warmup,
             device=device,
+            precision=precision,
             overrides=overrides or [],
+            config=config,
             out=out,
         )
         typer.echo(markdown_table(result))

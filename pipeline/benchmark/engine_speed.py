@@ -3,7 +3,7 @@ model, same full-size images, same run.
 
 The naive loop is the common Kaggle kernel: one image at a time through PIL, one forward pass
 per flip, each probability map upsampled on the CPU with cv2, numpy RLE. The engine is
-:mod:`pipeline.predict` with its settings (``predict.*``): batches, DataLoader workers decoding
+:mod:`pipeline.inference.engine` with its settings (``predict.*``): batches, DataLoader workers decoding
 while the model runs, channels_last, autocast, flips flipped back and averaged before one
 upsampling, RLE on the device. Reported: images/s of both and their ratio (the engine also in
 fp32, to separate what mixed precision adds), the masks' agreement (mean Dice between the two),
@@ -24,19 +24,33 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
+import cv2
 import numpy as np
+import torch
 import typer
+from PIL import Image
 
+from pipeline import rle
 from pipeline.atomic import write_json
+from pipeline.cli import ConfigOption, ModelOption, OverridesArgument
 from pipeline.config import (
     FULL_HEIGHT,
     FULL_WIDTH,
     Config,
-    default_paths,
+    DemoConfig,
+    cli_config,
+    cli_paths,
     load_config,
-    model_path,
 )
+from pipeline.data.demo import generate_demo
+from pipeline.data.io import image_size
+from pipeline.data.transforms import normalize
+from pipeline.device import peak_memory_mib, resolve_precision
 from pipeline.errors import PipelineError, one_line_errors
+from pipeline.inference.engine import iter_predictions, load_ensemble, masks_to_rle, tta_dims
+from pipeline.metrics import dice_per_image
+from pipeline.models.checkpoint import load_model, save_checkpoint
+from pipeline.models.factory import build_model
 
 TEST_IMAGES = 100_064
 
@@ -47,14 +61,6 @@ TEST_IMAGES = 100_064
 def naive_predict(model, path: str | Path, size: tuple[int, int], tta: Sequence[str],
                   threshold: float = 0.5, out_shape=(FULL_HEIGHT, FULL_WIDTH)) -> str:
     """The naive loop for one image: RLE of the TTA-averaged, CPU-upsampled probability."""
-    import cv2
-    import torch
-    from PIL import Image
-
-    from pipeline import rle
-    from pipeline.data.dataset import normalize
-    from pipeline.predict import tta_dims
-
     with Image.open(path) as im:
         rgb = np.asarray(im.convert("RGB").resize((size[1], size[0]), Image.BILINEAR))
     x = normalize(rgb)[None]
@@ -71,8 +77,6 @@ def naive_predict(model, path: str | Path, size: tuple[int, int], tta: Sequence[
 
 def engine_rles(ckpt: Path, paths: Sequence[Path], cfg: Config, device: str = "cpu") -> list[str]:
     """The engine's RLE strings for ``paths`` (a fresh ensemble load, like a real run)."""
-    from pipeline.predict import iter_predictions, load_ensemble, masks_to_rle
-
     ensemble = load_ensemble([ckpt], device, cfg.predict)
     out: list[str] = []
     for pred in iter_predictions(ensemble, paths, cfg.predict, device, (FULL_HEIGHT, FULL_WIDTH)):
@@ -87,8 +91,6 @@ def engine_rles(ckpt: Path, paths: Sequence[Path], cfg: Config, device: str = "c
 def full_size_images(data_root: Path | None, work: Path, want: int) -> list[Path]:
     """Up to ``want`` 1918x1280 JPEGs from ``data_root`` (test/, then train/), else 16 demo
     images rendered at full size into ``work``."""
-    from pipeline.data.io import image_size
-
     found: list[Path] = []
     if data_root is not None:
         for sub in ("test", "train"):
@@ -99,9 +101,6 @@ def full_size_images(data_root: Path | None, work: Path, want: int) -> list[Path
                     return found
     if found:
         return found
-    from pipeline.config import DemoConfig
-    from pipeline.data.demo import generate_demo
-
     root = generate_demo(work / "demo", DemoConfig(train_cars=0, test_cars=1, seed=0))
     return sorted((root / "test").glob("*.jpg"))
 
@@ -113,11 +112,6 @@ def cycle(paths: Sequence[Path], n: int) -> list[Path]:
 
 def make_checkpoint(cfg: Config, height: int, width: int, path: Path, seed: int = 0) -> Path:
     """An untrained model of ``cfg.model`` saved as a checkpoint trained at height x width."""
-    import torch
-
-    from pipeline.models import build_model
-    from pipeline.models.checkpoint import save_checkpoint
-
     torch.manual_seed(seed)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, height=height,
                                                              width=width))
@@ -132,8 +126,8 @@ def peak_memory(ckpt: Path, paths: Sequence[Path], n: int, overrides: Sequence[s
     """Run the engine on ``n`` images in a fresh process; its peak RSS (MB) and time."""
     args = {"ckpt": str(ckpt), "paths": [str(p) for p in paths], "n": n,
             "overrides": list(overrides), "config": list(config_paths)}
-    proc = subprocess.run([sys.executable, "-m", "pipeline.benchmark.predict", json.dumps(args)],
-                          capture_output=True, text=True, check=False)
+    command = [sys.executable, "-m", "pipeline.benchmark.engine_speed", json.dumps(args)]
+    proc = subprocess.run(command, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise PipelineError(f"memory run on {n} images failed: "
                             f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}")
@@ -147,17 +141,14 @@ def _memory_child(args: dict) -> None:
     rles = engine_rles(Path(args["ckpt"]), paths, cfg)
     seconds = time.perf_counter() - t0
     assert len(rles) == args["n"]
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux
-    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print(json.dumps({"images": args["n"], "peak_rss_mb": kb / 1024,
+    mib = peak_memory_mib(torch.device("cpu"))  # this fresh process's peak resident size
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
+    print(json.dumps({"images": args["n"], "peak_rss_mb": mib,
                       "worker_peak_rss_mb": workers / 1024, "seconds": seconds}))
 
 
 def mean_agreement(a: Sequence[str], b: Sequence[str], shape=(FULL_HEIGHT, FULL_WIDTH)) -> float:
     """Mean Dice between two lists of RLE masks."""
-    from pipeline import rle
-    from pipeline.metrics import dice_per_image
-
     scores = [dice_per_image(rle.decode(x, shape)[None], rle.decode(y, shape)[None])[0]
               for x, y in zip(a, b)]
     return float(np.mean(scores))
@@ -176,12 +167,8 @@ def run_predict_benchmark(
     naive_images: int | None = None,
 ) -> dict:
     """Time the naive loop and the engine on the same ``n_speed`` images and model."""
-    import torch
-
     ckpt = make_checkpoint(cfg, height, width, work / "bench.pt")
     paths = cycle(images, n_speed)
-    from pipeline.models.checkpoint import load_model
-
     model, _ = load_model(ckpt)
     size, tta = (height, width), cfg.predict.tta
 
@@ -201,9 +188,8 @@ def run_predict_benchmark(
     fp32_cfg = dataclasses.replace(cfg, predict=dataclasses.replace(cfg.predict, precision="fp32"))
     engine32, engine32_s = timed(fp32_cfg)
 
-    from pipeline.predict import resolve_dtype
-
-    dtype = resolve_dtype(cfg.predict.precision, torch.device("cpu"))
+    precision = resolve_precision(cfg.predict.precision, torch.device("cpu"),
+                                  what="predict.precision")
     naive_rate = len(naive_paths) / naive_s
     rate, rate32 = len(paths) / engine_s, len(paths) / engine32_s
     memory = [peak_memory(ckpt, images, n, overrides, config_paths) for n in memory_sizes]
@@ -219,8 +205,7 @@ def run_predict_benchmark(
         "distinct_files": len(set(images)),
         "engine": {"batch_size": cfg.predict.batch_size, "num_workers": cfg.predict.num_workers,
                    "channels_last": cfg.predict.channels_last,
-                   "precision": {None: "fp32", torch.bfloat16: "bf16",
-                                 torch.float16: "fp16"}[dtype]},
+                   "precision": precision.name},
         "naive_img_per_s": naive_rate,
         "engine_img_per_s": rate,
         "engine_fp32_img_per_s": rate32,
@@ -250,17 +235,13 @@ def register(app: typer.Typer) -> None:
         width: Annotated[int, typer.Option(help="Model input width.")] = 480,
         out: Annotated[Path, typer.Option(help="JSON result.")]
         = Path("reports/benchmark_predict.json"),
-        config: Annotated[list[Path] | None, typer.Option("--config", "-c",
-                                                          help="YAML config(s).")] = None,
-        model: Annotated[str | None, typer.Option(
-            "--model", "-m", help="Model YAML, or its name in configs/models/.")] = None,
-        overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides.")]
-        = None,
+        config: ConfigOption = None,
+        model: ModelOption = None,
+        overrides: OverridesArgument = None,
     ) -> None:
         """Engine vs naive loop: images/s, peak memory at 100 and 400 images, projected hours."""
-        paths = [str(p) for p in (config or default_paths())]
-        paths += [model_path(model)] if model else []
-        cfg = load_config(paths, overrides or [])
+        cfg = cli_config(config, model, overrides)
+        paths = cli_paths(config, model)
         sizes = memory if memory is not None else [100, 400]
         with tempfile.TemporaryDirectory(prefix="bench_predict_") as tmp:
             files = full_size_images(data_root, Path(tmp), max(images, 16))

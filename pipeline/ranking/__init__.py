@@ -1,0 +1,1 @@
+"""Leaderboard placing: milestones and rank math (``board``), and its reports (``report``)."""
