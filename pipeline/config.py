@@ -25,6 +25,7 @@ from pipeline.typed import coerce, field_types
 # Kaggle's image size: every prediction is returned at this shape (rows, columns).
 FULL_HEIGHT = 1280
 FULL_WIDTH = 1918
+FULL_SHAPE = (FULL_HEIGHT, FULL_WIDTH)
 
 # Field metadata of settings that change speed, memory or logging but never a result: DVC does
 # not rerun a stage when only these change (dvc.yaml lists every other key).
@@ -118,8 +119,10 @@ class TrainConfig:
     warmup_epochs: float = 0.5
     min_lr: float = 1e-6
     restart_epochs: int = 5  # warm_restarts period
-    loss: str = "bce_dice"  # bce_dice | bce | lovasz | bce_log_dice
+    loss: str = "bce_dice"  # bce_dice | bce | dice | lovasz | bce_log_dice | boundary_bce_dice
     bce_weight: float = 0.5
+    boundary_weight: float = 3.0  # boundary_bce_dice: weight of the edge band
+    boundary_kernel: int = 41  # boundary_bce_dice: band box width at a 1024 px input height
     precision: str = "auto"  # auto (the fastest native: pipeline.device) | fp32 | bf16 | fp16
     channels_last: bool = True
     grad_clip: float = 1.0
@@ -154,6 +157,28 @@ class PredictConfig:
     largest_component: bool = False  # keep only each mask's largest connected region
     precision: str = "auto"
     channels_last: bool = True
+    refiner: bool = False  # apply the edge refiner saved beside each model (refiner.pt)
+
+
+@dataclass
+class RefineConfig:
+    """The full-resolution edge refiner (``train.refiner``, ``python -m pipeline.refine``): a
+    small network on windows along the coarse mask's edge, trained on synthetic coarse inputs."""
+
+    jitter: float = 0.15  # the coarse size: the run's training size x (1 +- jitter) per image
+    patch: int = 96  # training window side (even)
+    tile: int = 64  # apply: grid tile side; each tile on the edge is refined
+    context: int = 16  # apply: px of photo around each tile; train: window border not scored
+    band_margin: int = 8  # px around the undecided band that the refiner may change
+    width: int = 16  # channels of the refiner's first level
+    steps: int = 1500
+    images_per_batch: int = 4
+    patches_per_image: int = 8
+    lr: float = 0.002
+    outside_weight: float = 0.1  # loss weight of window pixels outside the band
+    seed: int = 42
+    log_every: int = runtime(50)
+    num_workers: int = runtime(2)
 
 
 @dataclass
@@ -180,6 +205,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
 

@@ -28,8 +28,6 @@ from pipeline.ranking.board import (
 from pipeline.ranking.report import ranking_text, write_ranking
 from pipeline.records import CVSummary, read_record
 
-COMPETITION = kaggle.COMPETITION
-
 
 def read_cv_score(path: str | Path) -> tuple[str, float]:
     """(label, CV Dice) of a CV summary written by ``python -m pipeline.evaluate``."""
@@ -52,7 +50,7 @@ def gather_scores(
     metrics_glob: str | None,
     submission: Path | None,
     fetch_kaggle: bool,
-    competition: str = COMPETITION,
+    competition: str = kaggle.COMPETITION,
 ) -> list[tuple[str, float]]:
     """(label, score) pairs from every source given on the command line."""
     found: list[tuple[str, float]] = [(f"score {s:g}", float(s)) for s in scores]
@@ -95,7 +93,7 @@ def main(
     fetch_kaggle: Annotated[
         bool, typer.Option(help="Ask Kaggle (kaggle package) for --submission's score.")
     ] = False,
-    competition: Annotated[str, typer.Option(help="Kaggle competition slug.")] = COMPETITION,
+    competition: Annotated[str, typer.Option(help="Kaggle competition slug.")] = kaggle.COMPETITION,
     leaderboard_csv: Annotated[
         Path | None,
         typer.Option(help="A full leaderboard from `kaggle competitions leaderboard -d`."),

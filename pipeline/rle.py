@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.config import FULL_HEIGHT, FULL_WIDTH
-
-FULL_SHAPE = (FULL_HEIGHT, FULL_WIDTH)
+from pipeline.config import FULL_SHAPE
 
 
 def runs(mask: np.ndarray) -> np.ndarray:

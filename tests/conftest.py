@@ -10,11 +10,11 @@ import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from pipeline.config import Config, DemoConfig, FoldsConfig, load_config  # noqa: E402
-from pipeline.data.demo import generate_demo  # noqa: E402
-from pipeline.data.layout import train_index  # noqa: E402
-from pipeline.data.splits import make_folds, write_folds  # noqa: E402
-from pipeline.runs import Roots, RunPaths  # noqa: E402
+from pipeline.config import Config, DemoConfig, FoldsConfig, load_config
+from pipeline.data.demo import generate_demo
+from pipeline.data.layout import train_index
+from pipeline.data.splits import make_folds, write_folds
+from pipeline.runs import Roots, RunPaths
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_ROOT = Path(os.environ.get("CARVANA_REAL", REPO.parent / "shared" / "carvana"))

@@ -37,7 +37,7 @@ def imports_of(module: str) -> frozenset[tuple[str, bool]]:
     """``{(imported pipeline module, at top level)}`` of ``module``."""
     path = module_file(module)
     tree = ast.parse(path.read_text())
-    top = set(id(n) for n in tree.body)
+    top = {id(n) for n in tree.body}
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found = set()
     for node in ast.walk(tree):

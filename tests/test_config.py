@@ -1,4 +1,5 @@
-"""Config: YAML layering, overrides, unknown keys rejected, every shipped config loads."""
+"""Config: YAML layering, overrides, unknown keys rejected, every shipped config loads, and the
+runtime-only settings that never change a result."""
 
 from __future__ import annotations
 
@@ -6,7 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Config, ModelConfig, from_dict, load_config, to_dict
+from pipeline.config import (
+    RUNTIME,
+    Config,
+    DataConfig,
+    ModelConfig,
+    PredictConfig,
+    TrainConfig,
+    from_dict,
+    load_config,
+    model_path,
+    parse_override,
+    result_keys,
+    to_dict,
+)
 from pipeline.errors import PipelineError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,3 +78,29 @@ def test_every_shipped_config_loads(path):
     base = REPO / "configs" / "base.yaml"
     cfg = load_config([base, path] if path != base else [base])
     assert isinstance(cfg, Config)
+
+
+def test_runtime_settings_are_not_result_keys():
+    train = result_keys(TrainConfig)
+    assert "epochs" in train and "lr" in train
+    assert not {"num_workers", "threads", "live"} & set(train)
+    assert "cache_dir" not in result_keys(DataConfig) and "root" in result_keys(DataConfig)
+    predict = result_keys(PredictConfig)
+    assert "batch_size" not in predict and "threshold" in predict
+    assert result_keys(ModelConfig) == [f for f in to_dict(ModelConfig())]  # none runtime
+    fields = PredictConfig.__dataclass_fields__
+    assert fields["num_workers"].metadata == RUNTIME and fields["tta"].metadata == {}
+
+
+def test_override_values_are_yaml():
+    assert parse_override("train.lr=1e-3") == {"train": {"lr": "1e-3"}}  # YAML 1.1: a string
+    assert load_config([], ["train.lr=1e-3"]).train.lr == 0.001  # ...accepted as the number
+    assert parse_override("predict.tta=[hflip]") == {"predict": {"tta": ["hflip"]}}
+    assert parse_override("model.name=") == {"model": {"name": ""}}
+    assert parse_override("model.encoder_weights=null") == {"model": {"encoder_weights": None}}
+
+
+def test_model_path_takes_a_name_or_a_path():
+    assert model_path("unet_small") == "configs/models/unet_small.yaml"
+    assert model_path("my.yaml") == "my.yaml"
+    assert model_path("other/dir/unet") == "other/dir/unet"

@@ -83,3 +83,24 @@ def test_dvc_repro_runs_every_stage_on_a_micro_config(tmp_path):
     again = dvc("repro", cwd=work)
     assert again.returncode == 0
     assert "didn't change" in again.stdout or "up to date" in again.stdout.lower()
+    assert stale_stages(work) == set()
+
+    # An edit to the clean-up code makes exactly the stages that predict masks stale ...
+    post = work / "pipeline" / "postprocess.py"
+    original = post.read_text()
+    post.write_text(original + "# an edit\n")
+    assert stale_stages(work) == {f"evaluate@{model}", "submit"}
+    post.write_text(original)
+    # ... and a runtime-only setting (workers, batch size of prediction) reruns nothing.
+    tuned = yaml.safe_load((work / "configs/base.yaml").read_text())
+    tuned["train"]["num_workers"] = 3
+    tuned["predict"]["batch_size"] = 2
+    (work / "configs/base.yaml").write_text(yaml.safe_dump(tuned))
+    assert stale_stages(work) == set()
+
+
+def stale_stages(work: Path) -> set[str]:
+    """The stages ``dvc status`` reports changed."""
+    status = dvc("status", "--json", cwd=work)
+    assert status.returncode == 0, status.stderr
+    return set(json.loads(status.stdout or "{}"))

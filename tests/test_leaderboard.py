@@ -1,207 +1,75 @@
-"""Leaderboard comparison: milestone interpolation, Kaggle medal zones, inputs and the CLI."""
+"""The leaderboard stage CLI (`python -m pipeline.leaderboard`): scores from the command line,
+from CV summaries written by pipeline.evaluate (read strictly: any other shape is one line
+naming the file) and from Kaggle; reports; one-line errors."""
 
 from __future__ import annotations
 
-import itertools
 import json
-import zipfile
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from pipeline import kaggle
 from pipeline import leaderboard as lb
 from pipeline.errors import PipelineError
-from pipeline.leaderboard import Milestone
-
-# The milestones of the issue, typed independently of the packaged CSV.
-EXPECTED = [
-    (1, 0.99733), (3, 0.9972), (10, 0.9971), (11, 0.9971), (15, 0.9970), (23, 0.9970),
-    (30, 0.9969), (49, 0.9967), (496, 0.993), (511, 0.988423),
-]
+from pipeline.records import CVSummary, GroupScore, PredictSettings, to_json, write_record
 
 
-@pytest.fixture(scope="module")
-def milestones() -> list[Milestone]:
-    return lb.load_milestones()
+def cv_summary(label: str, dice: float) -> CVSummary:
+    """An out-of-fold summary as pipeline.evaluate writes it."""
+    group = GroupScore(dice=dice, std=0.0005, images=16)
+    return CVSummary(
+        mode="oof", label=label, data_root="data/carvana", folds_file="folds/folds.csv",
+        images=32, dice=dice, dice_std=0.0005, dice_min=dice - 0.01, dice_median=dice,
+        precision=0.99, recall=0.99, folds={"0": group, "1": group}, angles={"01": group},
+        makes={"Audi": group}, checkpoints={"0": "a.pt", "1": "b.pt"}, images_per_s=3.0,
+        predict=PredictSettings(tta=["hflip"], threshold=0.5, largest_component=False,
+                                precision="fp32", device="cpu"),
+    )
 
 
-def test_packaged_milestones_match_the_issue_and_name_their_source(milestones):
-    assert [(m.rank, m.score) for m in milestones] == EXPECTED
-    header = lb.milestones_path().read_text()
-    assert "private leaderboard" in header.lower() and "735 teams" in header
-    assert "kaggle.com/competitions/carvana-image-masking-challenge" in header
-
-
-def test_each_milestone_maps_to_its_rank(milestones):
-    for m in milestones:
-        best_of_tie = min(o.rank for o in milestones if o.score == m.score)
-        assert lb.estimate_rank(m.score, milestones)[0] == best_of_tie
-    # Untied milestones map exactly to their own rank.
-    assert lb.estimate_rank(0.9969, milestones)[0] == 30
-    assert lb.estimate_rank(0.988423, milestones)[0] == 511
-
-
-def test_above_first_is_first_and_far_below_is_last(milestones):
-    assert lb.estimate_rank(0.9999, milestones) == (1, "gold")
-    assert lb.estimate_rank(0.5, milestones) == (735, "none")
-
-
-def test_interpolation_is_linear_and_rounded_up(milestones):
-    # Halfway between 30th (0.9969) and 49th (0.9967): 39.5 -> 40.
-    assert lb.estimate_rank(0.9968, milestones)[0] == 40
-    # Just below a tie at 0.9971 (10th, 11th): the next place after the tie.
-    assert lb.estimate_rank(0.99709999, milestones)[0] == 12
-    # Extrapolated tail: linear from 511th at 0.988423 to the assumed 735th at FLOOR_SCORE.
-    mid = (0.988423 + lb.FLOOR_SCORE) / 2
-    assert lb.estimate_rank(mid, milestones)[0] == 623  # 511 + 112
-
-
-def test_rank_never_improves_when_the_score_drops(milestones):
-    scores = [1.0 - i * 1e-5 for i in range(6000)]  # 1.0 down to 0.94
-    ranks = [lb.estimate_rank(s, milestones)[0] for s in scores]
-    assert all(b >= a for a, b in itertools.pairwise(ranks))
-    assert ranks[0] == 1 and ranks[-1] == 735
-
-
-def test_complete_leaderboard_gives_exact_competition_ranks():
-    board = [Milestone(i + 1, s) for i, s in enumerate([0.9, 0.8, 0.8, 0.7, 0.6])]
-    # 1 + number of strictly better teams, the rule used on a complete board.
-    for score, rank in [(0.95, 1), (0.9, 1), (0.85, 2), (0.8, 2), (0.75, 4), (0.7, 4), (0.61, 5)]:
-        assert lb.estimate_rank(score, board, n_teams=5, floor=0.6)[0] == rank
-
-
-def test_medal_cutoffs_follow_kaggle_rules():
-    # 735 teams (250-999 band): gold top 10 + floor(0.2% * 735) = 11, silver top 50, bronze top 100.
-    assert lb.medal_cutoffs(735) == {"gold": 11, "silver": 50, "bronze": 100}
-    # Kaggle's own examples: 500 teams -> 11 golds, 5000 teams -> 20 golds.
-    assert lb.medal_cutoffs(500)["gold"] == 11
-    assert lb.medal_cutoffs(5000) == {"gold": 20, "silver": 250, "bronze": 500}
-    assert lb.medal_cutoffs(50) == {"gold": 5, "silver": 10, "bronze": 20}
-    assert lb.medal_cutoffs(200) == {"gold": 10, "silver": 40, "bronze": 80}
-
-
-@pytest.mark.parametrize(
-    "rank, zone",
-    [(1, "gold"), (11, "gold"), (12, "silver"), (50, "silver"), (51, "bronze"), (100, "bronze"),
-     (101, "none"), (735, "none")],
-)
-def test_zone_boundaries_for_735_teams(rank, zone):
-    assert lb.zone_for_rank(rank, 735) == zone
-
-
-def test_compare_reports_neighbours_and_dice_to_next_zone(milestones):
-    r = lb.compare(0.9968, milestones, label="unet")
-    assert (r["rank"], r["zone"], r["label"]) == (40, "silver", "unet")
-    assert r["above"]["rank"] == 30 and r["below"]["rank"] == 49
-    assert r["next_zone"] == "gold" and r["next_zone_rank"] == 11
-    assert r["next_zone_score"] == pytest.approx(0.9971)
-    assert r["dice_needed"] == pytest.approx(0.0003)
-    assert r["top_percent"] == pytest.approx(100 * 40 / 735)
-    # The score said to be needed really reaches the next zone.
-    assert lb.estimate_rank(r["next_zone_score"], milestones)[1] == "gold"
-    # From no medal, bronze (rank 100) lies between 49th and 496th.
-    r = lb.compare(0.99, milestones)
-    expected = 0.9967 - (100 - 49) / (496 - 49) * (0.9967 - 0.993)
-    assert r["next_zone"] == "bronze" and r["next_zone_score"] == pytest.approx(expected)
-    assert lb.estimate_rank(r["next_zone_score"], milestones)[0] == 100
-    assert lb.estimate_rank(r["next_zone_score"] - 1e-6, milestones)[0] == 101
-
-
-def test_bad_milestone_file_is_one_line_error(tmp_path):
-    path = tmp_path / "m.csv"
-    path.write_text("rank,score,note\n1,0.9,a\n2,0.95,b\n")  # score rises with rank
-    with pytest.raises(PipelineError, match="must not increase"):
-        lb.load_milestones(path)
-
-
-def test_read_cv_score_accepts_the_usual_keys(tmp_path):
-    for key in ("cv_dice", "mean", "dice", "val_dice"):
-        path = tmp_path / key / "cv.json"
-        path.parent.mkdir()
-        path.write_text(json.dumps({key: 0.991, "std": 0.001}))
-        assert lb.read_cv_score(path) == (key, pytest.approx(0.991))
-    nested = tmp_path / "nested.json"
-    nested.write_text(json.dumps({"dice": {"mean": 0.98, "std": 0.01}, "label": "fpn"}))
-    assert lb.read_cv_score(nested) == ("fpn", pytest.approx(0.98))
-    with pytest.raises(PipelineError, match="no CV Dice"):
-        (tmp_path / "bad.json").write_text(json.dumps({"loss": 0.1}))
-        lb.read_cv_score(tmp_path / "bad.json")
+def test_read_cv_score_reads_a_cv_summary(tmp_path):
+    path = write_record(tmp_path / "fpn" / "cv.json", cv_summary("fpn", 0.991))
+    assert lb.read_cv_score(path) == ("fpn", pytest.approx(0.991))
     with pytest.raises(PipelineError, match="metrics file not found"):
         lb.read_cv_score(tmp_path / "missing.json")
 
 
-def _fake_board(path: Path) -> Path:
-    # The kaggle CLI's leaderboard CSV: one row per leaderboard improvement, best kept per team.
-    path.write_text(
-        "TeamId,TeamName,SubmissionDate,Score\n"
-        "1,alpha,2017-09-01 00:00:00,0.9960\n"
-        "1,alpha,2017-09-20 00:00:00,0.9972\n"
-        "2,beta,2017-09-10 00:00:00,0.9970\n"
-        "3,gamma,2017-09-11 00:00:00,0.9970\n"
-        "4,delta,2017-09-12 00:00:00,0.9900\n"
-    )
-    return path
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        ({"cv_dice": 0.991, "std": 0.001}, "unexpected key 'cv_dice'"),
+        ({"dice": {"mean": 0.98, "std": 0.01}, "label": "fpn"}, "missing key 'mode'"),
+        ({**to_json(cv_summary("fpn", 0.99)), "dice": "high"}, "dice: expected float"),
+        ([0.99], "expected a JSON object, got list"),
+        ("{not json", "not a readable CV summary"),
+    ],
+)
+def test_read_cv_score_rejects_other_shapes_with_one_line(tmp_path, content, words):
+    path = tmp_path / "cv.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    with pytest.raises(PipelineError) as err:
+        lb.read_cv_score(path)
+    assert str(err.value).startswith(str(path)) and words in str(err.value)
+    assert "\n" not in str(err.value)
 
 
-def test_leaderboard_csv_is_ranked_by_best_score(tmp_path):
-    board = lb.read_leaderboard_csv(_fake_board(tmp_path / "lb.csv"))
-    assert [(m.rank, m.score, m.note) for m in board] == [
-        (1, 0.9972, "alpha"), (2, 0.9970, "beta"), (3, 0.9970, "gamma"), (4, 0.9900, "delta"),
-    ]
-    assert lb.estimate_rank(0.9971, board, n_teams=4, floor=0.99)[0] == 2
-    assert lb.estimate_rank(0.9970, board, n_teams=4, floor=0.99)[0] == 2
-    assert lb.estimate_rank(0.9950, board, n_teams=4, floor=0.99)[0] == 4
-    # The zip the CLI downloads works too.
-    zipped = tmp_path / "board.zip"
-    with zipfile.ZipFile(zipped, "w") as zf:
-        zf.write(tmp_path / "lb.csv", "carvana-publicleaderboard.csv")
-    assert lb.read_leaderboard_csv(zipped) == board
-    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
-    with pytest.raises(PipelineError, match="expected columns TeamId"):
-        lb.read_leaderboard_csv(tmp_path / "x.csv")
+def test_gather_scores_from_every_source(tmp_path, monkeypatch):
+    path = write_record(tmp_path / "cv.json", cv_summary("unet", 0.996))
+    asked = []
 
+    def fake_fetch(submission, competition):
+        asked.append((submission, competition))
+        return 0.9965
 
-class _FakeApi:
-    def __init__(self, subs):
-        self.subs = subs
-
-    def competition_submissions(self, competition):
-        assert competition == lb.COMPETITION
-        return self.subs
-
-
-class _Sub:  # kaggle < 1.7 attribute names
-    def __init__(self, fileName, privateScore, publicScore, status="complete"):
-        self.fileName, self.privateScore, self.publicScore = fileName, privateScore, publicScore
-        self.status = status
-
-
-def test_fetch_kaggle_score_uses_the_newest_matching_private_score():
-    api = _FakeApi([
-        _Sub("submission.csv.gz", "0.99650", "0.99660"),
-        _Sub("other.csv", "0.9", "0.9"),
-        _Sub("submission.csv.gz", "0.99000", "0.99100"),
-    ])
-    assert lb.fetch_kaggle_score("out/submission.csv.gz", api=api) == pytest.approx(0.9965)
-    # snake_case attributes (kaggle >= 1.7) and only a public score
-    snake = _FakeApi([{"file_name": "s.csv", "private_score": "", "public_score": "0.98"}])
-    assert lb.fetch_kaggle_score("s.csv", api=snake) == pytest.approx(0.98)
-    with pytest.raises(PipelineError, match="no submission with this file name"):
-        lb.fetch_kaggle_score("missing.csv", api=api)
-    pending = _FakeApi([_Sub("p.csv", None, None, status="pending")])
-    with pytest.raises(PipelineError, match="no score for this submission yet"):
-        lb.fetch_kaggle_score("p.csv", api=pending)
-
-
-def test_fetch_kaggle_without_package_is_one_line_error(monkeypatch):
-    import sys
-
-    monkeypatch.setitem(sys.modules, "kaggle", None)  # makes `import kaggle...` fail
-    monkeypatch.setitem(sys.modules, "kaggle.api", None)
-    monkeypatch.setitem(sys.modules, "kaggle.api.kaggle_api_extended", None)
-    with pytest.raises(PipelineError, match="needs the kaggle package"):
-        lb.fetch_kaggle_score("s.csv")
+    monkeypatch.setattr(kaggle, "fetch_score", fake_fetch)
+    found = lb.gather_scores([0.99], [path], None, Path("out/s.csv.gz"), True)
+    assert found == [("score 0.99", 0.99), ("unet", pytest.approx(0.996)),
+                     ("kaggle s.csv.gz", 0.9965)]
+    assert asked == [(Path("out/s.csv.gz"), kaggle.COMPETITION)]
+    with pytest.raises(PipelineError, match="no metrics file matches"):
+        lb.gather_scores([], [], str(tmp_path / "none" / "*.json"), None, False)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -222,9 +90,7 @@ def test_cli_score_prints_rank_zone_and_writes_reports(tmp_path):
 
 def test_cli_metrics_glob_compares_every_model(tmp_path):
     for label, dice in [("unet", 0.9960), ("fpn", 0.9972)]:
-        path = tmp_path / "metrics" / label / "cv.json"
-        path.parent.mkdir(parents=True)
-        path.write_text(json.dumps({"mean": dice, "std": 0.0005}))
+        write_record(tmp_path / "metrics" / label / "cv.json", cv_summary(label, dice))
     md = tmp_path / "lb.md"
     result = runner.invoke(
         lb.app, ["--metrics-glob", str(tmp_path / "metrics" / "*" / "cv.json"), "--out", str(md)]
@@ -235,8 +101,26 @@ def test_cli_metrics_glob_compares_every_model(tmp_path):
     assert "3 / 735" in rows[0]
 
 
+def test_cli_rejects_a_metrics_file_of_another_shape(tmp_path):
+    path = tmp_path / "cv.json"
+    path.write_text(json.dumps({"mean": 0.99, "per_fold": [0.99, 0.98]}))
+    result = runner.invoke(lb.app, ["--metrics", str(path)])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}")
+    assert "unexpected key 'mean'" in lines[0]
+
+
 def test_cli_leaderboard_csv(tmp_path):
-    board = _fake_board(tmp_path / "lb.csv")
+    board = tmp_path / "lb.csv"
+    board.write_text(
+        "TeamId,TeamName,SubmissionDate,Score\n"
+        "1,alpha,2017-09-01 00:00:00,0.9960\n"
+        "1,alpha,2017-09-20 00:00:00,0.9972\n"
+        "2,beta,2017-09-10 00:00:00,0.9970\n"
+        "3,gamma,2017-09-11 00:00:00,0.9970\n"
+        "4,delta,2017-09-12 00:00:00,0.9900\n"
+    )
     result = runner.invoke(lb.app, ["--score", "0.9971", "--leaderboard-csv", str(board)])
     assert result.exit_code == 0, result.output
     assert "2 / 4" in result.output and "(4 teams)" in result.output

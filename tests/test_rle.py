@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from pipeline import rle
+from pipeline.config import FULL_SHAPE
 from pipeline.data.io import read_mask
-from pipeline.data.layout import Layout, mask_name
+from pipeline.data.layout import Layout, mask_name, parse_name, submission_names
 
 
 def naive_decode(text: str, shape: tuple[int, int]) -> np.ndarray:
@@ -98,21 +99,11 @@ def test_decode_rejects_runs_outside_the_image():
         rle.decode("9 1 2 2", (4, 5))  # starts not ascending
 
 
-def test_benchmark_core_checks_agreement_and_reports_ratios():
-    from pipeline.benchmark.rle import run_rle_benchmark
-
-    rng = np.random.default_rng(2)
-    masks = [(rng.random((32, 48)) < 0.3).astype(np.uint8) for _ in range(4)]
-    result = run_rle_benchmark(masks, repeats=1)
-    assert result["masks"] == 4 and result["shape"] == [32, 48]
-    assert result["encode_speedup"] > 0 and result["decode_speedup"] > 0
-
-
 @pytest.mark.real_data
 def test_known_kaggle_prefix(real_root):
     """The README's verified prefix of the real train_masks.csv for 00087a6bd4dc_01.jpg."""
     mask = read_mask(Layout(real_root).mask_path("00087a6bd4dc_01.jpg"))
-    assert mask.shape == rle.FULL_SHAPE
+    assert mask.shape == FULL_SHAPE
     assert rle.encode(mask).startswith("879386 40 881253 141 883140 205 885009 17")
 
 
@@ -138,8 +129,6 @@ def test_real_masks_on_torch_match(real_root):
 
 @pytest.mark.real_data
 def test_sample_submission_names_are_carvana_names(real_root):
-    from pipeline.data.layout import parse_name, submission_names
-
     names = submission_names(real_root)
     assert len(names) == 100064
     cars = {parse_name(n)[0] for n in names}

@@ -10,25 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import FoldsConfig
-from pipeline.data.layout import train_index
-from pipeline.folds import make_folds, write_folds
 from pipeline.models.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_on_gloo(tiny_data, tmp_path):
-    folds = write_folds(make_folds(train_index(tiny_data), FoldsConfig(n_folds=2, seed=0,
-                                                                       stratify="none")),
-                        tmp_path / "folds.csv")
+def test_torchrun_two_processes_on_gloo(tiny_data, tiny_folds, tiny_cache, tmp_path):
+    folds = tiny_folds
     config = tmp_path / "tiny.yaml"
     config.write_text(
-        f"data: {{root: {tiny_data}, cache_dir: {tmp_path / 'cache'}}}\n"
+        f"data: {{root: {tiny_data}, cache_dir: {tiny_cache}}}\n"
         "model: {arch: unet, name: tiny, base_width: 8, depth: 2}\n"
         "train: {height: 64, width: 96, epochs: 2, batch_size: 4, num_workers: 0, max_steps: 3,"
-        " threads: 1}\n"
+        " threads: 1, precision: fp32}\n"  # fp32: "auto" is bf16 on CPUs with native bf16
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

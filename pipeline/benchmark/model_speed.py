@@ -24,6 +24,7 @@ from pipeline.atomic import write_json
 from pipeline.cli import ConfigOption, DeviceOption
 from pipeline.config import MODELS_DIR, ModelConfig, cli_config, to_dict
 from pipeline.device import (
+    FP32,
     Precision,
     autocast,
     device_name,
@@ -35,8 +36,6 @@ from pipeline.device import (
 )
 from pipeline.errors import PipelineError, one_line_errors
 from pipeline.models.factory import build_model, count_parameters
-
-FP32 = Precision()
 
 MODEL_DIR = Path(MODELS_DIR)
 

@@ -96,7 +96,7 @@ def collect_rows(roots: Roots, labels: Sequence[str] = ()) -> list[dict]:
             rows.append(row)
     if not rows:
         raise PipelineError(
-            f"{roots.metrics}: no <label>/fold<K>.json or <label>/cv.json found; train first"
+            f"{roots.metrics}: no metrics/<label>/fold<K>.json or cv.json found; train first"
         )
     return sort_rows(rows)
 
@@ -193,6 +193,8 @@ def command_line(sub: str) -> str:
     """The command as typed (``python -m pipeline.benchmark table ...``); from Python (tests,
     notebooks) only the sub-command ``sub`` is known."""
     argv0 = Path(sys.argv[0])
+    if argv0.parent.name == "benchmark" and argv0.name == f"{sub}.py":  # python -m ...<sub>
+        return f"python -m pipeline.benchmark.{sub} " + " ".join(map(shlex.quote, sys.argv[1:]))
     is_cli = argv0.name == "__main__.py" and argv0.parent.name == "benchmark"
     args = sys.argv[1:] if is_cli else [sub]
     return "python -m pipeline.benchmark " + " ".join(shlex.quote(a) for a in args)
@@ -216,3 +218,10 @@ def register(app: typer.Typer) -> None:
         rows = collect_rows(Roots(metrics=metrics, checkpoints=checkpoints), label or [])
         write_table(rows, out_dir, command_line("table"))
         typer.echo(f"wrote {out_dir}/benchmark.md, .json, .png: {len(rows)} model(s)")
+
+
+app = typer.Typer(add_completion=False, help=__doc__.split("\n")[0])
+register(app)  # ``python -m pipeline.benchmark.table``: the ``table`` subcommand on its own
+
+if __name__ == "__main__":
+    app()

@@ -21,7 +21,7 @@ from pipeline.config import FoldsConfig
 from pipeline.data.io import read_mask
 from pipeline.errors import PipelineError
 
-COLUMNS = ["img", "car_id", "angle", "make", "fold"]
+FOLD_COLUMNS = ["img", "car_id", "angle", "make", "fold"]
 
 
 def _strata(index: pd.DataFrame, stratify: str, n_folds: int) -> np.ndarray:
@@ -76,7 +76,7 @@ def make_folds(index: pd.DataFrame, cfg: FoldsConfig) -> pd.DataFrame:
     out = out.sort_values("img").reset_index(drop=True)
     if "make" not in out:
         out["make"] = "unknown"
-    return out[COLUMNS]
+    return out[FOLD_COLUMNS]
 
 
 def load_folds(path: str | Path) -> pd.DataFrame:

@@ -27,7 +27,7 @@ from pipeline.data.splits import fold_rows, load_folds
 from pipeline.device import resolve_precision
 from pipeline.distributed import DistInfo
 from pipeline.errors import PipelineError
-from pipeline.evaluation.score import COLUMNS, Worst, score_distributed, summarize_dice
+from pipeline.evaluation.score import SCORE_COLUMNS, Worst, score_distributed, summarize_dice
 from pipeline.fingerprint import fingerprint
 from pipeline.inference.engine import load_ensemble
 from pipeline.records import CVSummary, PredictSettings
@@ -78,7 +78,7 @@ def _load_cached(report_dir: Path, fold: int, key: str) -> tuple[pd.DataFrame, l
     except (OSError, ValueError, pd.errors.ParserError):
         return None
     worst = [Worst(**w) for w in state.get("worst", [])]
-    return scores[COLUMNS], worst
+    return scores[SCORE_COLUMNS], worst
 
 
 def _save_cached(report_dir: Path, fold: int, key: str, scores: pd.DataFrame,

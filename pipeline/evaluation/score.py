@@ -19,7 +19,7 @@ from pipeline.distributed import DistInfo, block_range, gather
 from pipeline.inference.engine import Ensemble, iter_predictions, to_masks
 from pipeline.metrics import dice_per_image
 
-COLUMNS = ["img", "car_id", "angle", "make", "fold", "dice", "pred_px", "true_px", "inter_px"]
+SCORE_COLUMNS = ["img", "car_id", "angle", "make", "fold", "dice", "pred_px", "true_px", "inter_px"]
 
 
 @dataclass(order=True)
@@ -45,7 +45,7 @@ def score_images(
     """Predict ``rows`` (img, image_path, mask_path, car_id, angle, make[, fold]) and score
     each image against its mask at full size.
 
-    Returns one row per image (COLUMNS) and the ``worst_k`` lowest-Dice images, worst first.
+    Returns one row per image (SCORE_COLUMNS) and the ``worst_k`` lowest-Dice images, worst first.
     """
     heap: list[tuple[float, int, Worst]] = []  # max-heap on Dice via negation: the k worst
     scored = []
@@ -77,7 +77,7 @@ def score_images(
     out["dice"] = values[:, 0]
     for k, col in enumerate(("pred_px", "true_px", "inter_px"), start=1):
         out[col] = values[:, k].astype(np.int64)
-    return out[COLUMNS], sorted(w for _, _, w in heap)
+    return out[SCORE_COLUMNS], sorted(w for _, _, w in heap)
 
 
 def score_distributed(ensemble: Ensemble, rows: pd.DataFrame, cfg: PredictConfig,

@@ -35,15 +35,13 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline import rle
-from pipeline.config import FULL_HEIGHT, FULL_WIDTH, PredictConfig
+from pipeline.config import FULL_SHAPE, PredictConfig
 from pipeline.data.transforms import normalize_batch
 from pipeline.device import autocast, resolve_precision
 from pipeline.errors import PipelineError
 from pipeline.inference.loader import ImageDataset, make_loader
 from pipeline.models.checkpoint import checkpoint_config, load_model
 from pipeline.postprocess import largest_component as keep_largest
-
-FULL_SHAPE = (FULL_HEIGHT, FULL_WIDTH)
 
 # Flip TTA: name -> tensor dims flipped on an N x C x H x W batch. Flipping is its own inverse,
 # so the same dims flip the prediction back.

@@ -11,12 +11,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.config import FULL_HEIGHT, FULL_WIDTH, PredictConfig
+from pipeline.config import FULL_SHAPE, PredictConfig
 from pipeline.data.io import read_image, read_mask
 from pipeline.data.transforms import resize_image
 from pipeline.errors import PipelineError
-
-FULL_SHAPE = (FULL_HEIGHT, FULL_WIDTH)
 
 
 class ImageDataset(Dataset):

@@ -1,10 +1,10 @@
 """The inference engine: flip TTA mapped back, probability averaging over flips and models,
-upsampling to full size, RLE, the worker data path and its errors."""
+upsampling to full size, RLE, loading an ensemble at each model's training size, and the
+batched prediction loop against a naive per-image loop."""
 
 from __future__ import annotations
 
 import dataclasses
-import shutil
 
 import cv2
 import numpy as np
@@ -14,27 +14,22 @@ from torch import nn
 
 from pipeline import rle
 from pipeline.config import Config, ModelConfig, PredictConfig
-from pipeline.data.dataset import normalize
-from pipeline.data.io import write_image
 from pipeline.data.layout import Layout
 from pipeline.data.layout import submission_names as sample_names
+from pipeline.data.transforms import normalize
 from pipeline.errors import PipelineError
-from pipeline.models import build_model
-from pipeline.models.checkpoint import save_checkpoint
-from pipeline.predict import (
+from pipeline.inference.engine import (
     Ensemble,
     Member,
-    fold_checkpoints,
     iter_predictions,
     load_ensemble,
     masks_to_rle,
-    normalize_batch,
     predict_probs,
-    resolve_checkpoints,
-    resolve_dtype,
     to_masks,
     tta_dims,
 )
+from pipeline.models import build_model
+from pipeline.models.checkpoint import save_checkpoint
 
 FP32 = PredictConfig(precision="fp32", num_workers=0, batch_size=4)
 
@@ -109,8 +104,23 @@ def test_flip_tta_of_an_equivariant_model_changes_nothing():
     # Meaningful only because the prediction is not symmetric itself.
     assert (plain - plain.flip(-1)).abs().max() > 0.1
     assert (plain - plain.flip(-2)).abs().max() > 0.1
+    # The engine normalises like training (pipeline.data.transforms.normalize).
     expected = sigmoid(4 * normalize(images[0])[0].numpy())
     np.testing.assert_allclose(plain[0].numpy(), expected, atol=1e-5)
+
+
+def test_precision_setting_is_checked_under_its_name():
+    h, w = 16, 24
+    ens = Ensemble([Member(RedChannel(), (h, w))])
+    batch = {(h, w): batch_of(asymmetric_images(2, h, w))}
+    fp32 = predict_probs(ens, batch, FP32, out_shape=(h, w))
+    bf16 = predict_probs(ens, batch, dataclasses.replace(FP32, precision="bf16"), (h, w))
+    assert bf16.dtype == torch.float32
+    torch.testing.assert_close(bf16, fp32, atol=2e-2, rtol=0)
+    with pytest.raises(PipelineError, match="predict.precision=fp16 needs a CUDA GPU"):
+        predict_probs(ens, batch, dataclasses.replace(FP32, precision="fp16"), (h, w))
+    with pytest.raises(PipelineError, match="predict.precision"):
+        predict_probs(ens, batch, dataclasses.replace(FP32, precision="fp8"), (h, w))
 
 
 def test_output_is_full_size_and_bilinear():
@@ -141,13 +151,6 @@ def test_models_average_probabilities_across_input_sizes():
     assert abs(expected - sigmoid((a + b + c) / 3)) > 0.01  # not a mean of logits
 
 
-def test_normalize_batch_matches_training_normalize():
-    images = asymmetric_images(3, 10, 14)
-    got = normalize_batch(batch_of(images))
-    for i in range(3):
-        np.testing.assert_allclose(got[i].numpy(), normalize(images[i]).numpy(), atol=1e-6)
-
-
 def test_masks_to_rle_matches_numpy_encoder():
     probs = torch.rand(3, 20, 30)
     probs[1] = 0  # an empty mask
@@ -170,21 +173,12 @@ def test_to_masks_can_keep_only_the_largest_region():
     assert masks_to_rle(probs, 0.5, largest_component=True)[0] == rle.encode(kept[0].numpy())
 
 
-def test_resolve_dtype():
-    cpu = torch.device("cpu")
-    assert resolve_dtype("fp32", cpu) is None
-    assert resolve_dtype("bf16", cpu) is torch.bfloat16
-    assert resolve_dtype("auto", cpu) in (None, torch.bfloat16)
-    with pytest.raises(PipelineError, match="needs a CUDA GPU"):
-        resolve_dtype("fp16", cpu)
-    with pytest.raises(PipelineError, match="predict.precision"):
-        resolve_dtype("fp8", cpu)
-
-
 # --------------------------------------------------------------------------- with files
 
 
 def tiny_checkpoint(path, height=32, width=48, seed=0, label="tiny"):
+    """An untrained tiny U-Net saved with a training size other than the images' (64x96), so
+    the workers' resize is exercised."""
     torch.manual_seed(seed)
     cfg = Config()
     cfg = dataclasses.replace(
@@ -208,7 +202,8 @@ def test_load_ensemble_uses_each_training_size(tmp_path, ckpt):
 
 
 def test_iter_predictions_in_order_with_workers_equal_to_naive_loop(tiny_data, ckpt):
-    from pipeline.benchmark.predict import naive_predict
+    from pipeline.benchmark.engine_speed import naive_predict
+    from pipeline.metrics import dice_per_image
 
     names = sample_names(tiny_data)[:6]
     paths = [Layout(tiny_data).test_dir / n for n in names]
@@ -226,57 +221,5 @@ def test_iter_predictions_in_order_with_workers_equal_to_naive_loop(tiny_data, c
     model = ens.members[0].model.to(memory_format=torch.contiguous_format)
     naive = [rle.decode(naive_predict(model, p, (32, 48), cfg.tta, 0.5, (64, 96)), (64, 96))
              for p in paths]
-    from pipeline.metrics import dice_per_image
-
     agreement = dice_per_image((probs > 0.5).numpy(), np.stack(naive))
     assert agreement.mean() > 0.95
-
-
-def test_iter_predictions_with_masks(tiny_data, ckpt):
-    layout = Layout(tiny_data)
-    imgs = sorted(p.name for p in layout.train_dir.glob("*.jpg"))[:3]
-    ens = load_ensemble([ckpt], "cpu", FP32)
-    (pred,) = iter_predictions(ens, [layout.train_dir / i for i in imgs], FP32, "cpu", (64, 96),
-                               mask_paths=[layout.mask_path(i) for i in imgs])
-    from pipeline.data.io import read_mask
-
-    assert pred.masks.shape == (3, 64, 96)
-    assert np.array_equal(pred.masks[1].numpy(), read_mask(layout.mask_path(imgs[1])))
-
-
-@pytest.mark.parametrize("defect", ["size", "corrupt", "missing"])
-def test_bad_image_is_one_clear_error_after_the_good_batches(tmp_path, tiny_data, ckpt, defect):
-    names = sample_names(tiny_data)[:8]
-    for n in names:
-        shutil.copy(Layout(tiny_data).test_dir / n, tmp_path / n)
-    bad = tmp_path / names[5]
-    if defect == "size":
-        write_image(bad, np.zeros((64, 95, 3), np.uint8))
-    elif defect == "corrupt":
-        bad.write_bytes(b"not a jpeg")
-    else:
-        bad.unlink()
-    ens = load_ensemble([ckpt], "cpu", FP32)
-    seen = []
-    with pytest.raises(PipelineError) as err:
-        for pred in iter_predictions(ens, [tmp_path / n for n in names],
-                                     dataclasses.replace(FP32, num_workers=1), "cpu", (64, 96)):
-            seen.extend(pred.names)
-    message = str(err.value)
-    assert names[5] in message and "\n" not in message
-    assert seen == names[:4]  # the first batch was predicted before the error
-    if defect == "size":
-        assert "95x64" in message and "expected 96x64" in message
-
-
-def test_fold_checkpoints_and_resolve(tmp_path):
-    for k in (2, 0, 10):
-        tiny_checkpoint(tmp_path / "m" / f"fold{k}" / "best.pt")
-    (tmp_path / "m" / "foldx").mkdir()
-    found = fold_checkpoints(tmp_path, "m")
-    assert list(found) == [0, 2, 10]
-    assert resolve_checkpoints(None, tmp_path, "m") == list(found.values())
-    with pytest.raises(PipelineError, match="no checkpoints found at .*other/fold"):
-        resolve_checkpoints(None, tmp_path, "other")
-    with pytest.raises(PipelineError, match="nope.pt: checkpoint not found"):
-        resolve_checkpoints([tmp_path / "nope.pt"], tmp_path, "m")

@@ -1,0 +1,41 @@
+"""``python -m pipeline.benchmark rle``: our RLE against the common Kaggle kernel on the same
+masks: agreement is checked before anything is timed, and the speed ratios are reported."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from pipeline.benchmark.rle_speed import load_masks, register, run_rle_benchmark
+from pipeline.errors import PipelineError
+
+
+def test_benchmark_core_checks_agreement_and_reports_ratios():
+    rng = np.random.default_rng(2)
+    masks = [(rng.random((32, 48)) < 0.3).astype(np.uint8) for _ in range(4)]
+    result = run_rle_benchmark(masks, repeats=1)
+    assert result["masks"] == 4 and result["shape"] == [32, 48]
+    assert result["encode_speedup"] > 0 and result["decode_speedup"] > 0
+
+
+def test_rle_command_on_tiny_masks(tiny_data, tmp_path):
+    app = typer.Typer()
+    register(app)
+    app.command("noop")(lambda: None)  # a second command keeps "rle" a subcommand
+    out = tmp_path / "rle.json"
+    result = CliRunner().invoke(app, ["rle", "--data-root", str(tiny_data), "--limit", "3",
+                                      "--repeats", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["masks"] == 3 and data["shape"] == [64, 96]
+    assert data["data_root"] == str(tiny_data)
+    assert "RLE on 3 masks of 64x96 (best of 1)" in result.output
+
+
+def test_no_masks_is_one_line(tmp_path):
+    with pytest.raises(PipelineError, match="no \\*_mask.gif files to benchmark on"):
+        load_masks(tmp_path, 4)

@@ -1,0 +1,147 @@
+"""Grouped folds: no car in two folds, every image once, balance, determinism, the rows each
+fold trains and validates on, and clear errors."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from pipeline.config import FoldsConfig
+from pipeline.data.layout import train_index
+from pipeline.data.splits import (
+    FOLD_COLUMNS,
+    fold_rows,
+    fold_summary,
+    load_folds,
+    make_folds,
+    mask_areas,
+    select_rows,
+    split,
+    write_folds,
+)
+from pipeline.errors import PipelineError
+
+MAKES = ["Audi", "Ford", "Kia", "BMW"]
+
+
+def fake_index(n_cars: int = 23, angles: int = 16) -> pd.DataFrame:
+    rows = []
+    for c in range(n_cars):
+        car = f"{c:012x}"
+        for a in range(1, angles + 1):
+            rows.append({"img": f"{car}_{a:02d}.jpg", "car_id": car, "angle": a,
+                         "make": MAKES[c % len(MAKES)]})
+    return pd.DataFrame(rows)
+
+
+def test_cars_stay_together_and_every_image_once():
+    index = fake_index()
+    folds = make_folds(index, FoldsConfig(n_folds=5, seed=1))
+    assert sorted(folds["img"]) == sorted(index["img"])
+    assert folds["img"].is_unique
+    assert (folds.groupby("car_id")["fold"].nunique() == 1).all()
+    assert set(folds["fold"]) == set(range(5))
+    assert list(folds.columns) == FOLD_COLUMNS
+
+
+def test_balanced_within_one_car():
+    folds = make_folds(fake_index(23), FoldsConfig(n_folds=5, seed=3))
+    counts = folds.groupby("fold").size()
+    assert counts.max() - counts.min() <= 16
+
+
+def test_stratified_by_make():
+    folds = make_folds(fake_index(40), FoldsConfig(n_folds=5, seed=0, stratify="make"))
+    per_fold = folds.drop_duplicates("car_id").groupby(["fold", "make"]).size().unstack()
+    # 10 cars of each make over 5 folds: exactly 2 per fold when stratified.
+    assert (per_fold == 2).all().all()
+
+
+def test_stratify_by_area_needs_the_area_and_unknown_modes_are_rejected():
+    index = fake_index(10)
+    with pytest.raises(PipelineError, match="needs a mask 'area' column"):
+        make_folds(index, FoldsConfig(n_folds=2, stratify="area"))
+    index["area"] = [int(c, 16) / 10 for c in index["car_id"]]
+    folds = make_folds(index, FoldsConfig(n_folds=2, stratify="area"))
+    assert (folds.groupby("car_id")["fold"].nunique() == 1).all()
+    with pytest.raises(PipelineError, match="must be make, area or none, got 'colour'"):
+        make_folds(fake_index(10), FoldsConfig(n_folds=2, stratify="colour"))
+    with pytest.raises(PipelineError, match="at least 2"):
+        make_folds(fake_index(10), FoldsConfig(n_folds=1))
+
+
+def test_same_seed_same_folds_different_seed_different():
+    index = fake_index()
+    a = make_folds(index, FoldsConfig(seed=7))
+    b = make_folds(index.sample(frac=1, random_state=0), FoldsConfig(seed=7))
+    c = make_folds(index, FoldsConfig(seed=8))
+    pd.testing.assert_frame_equal(a, b)
+    assert not a["fold"].equals(c["fold"])
+
+
+def test_more_folds_than_cars_is_a_clear_error():
+    with pytest.raises(PipelineError, match="larger than the number of cars"):
+        make_folds(fake_index(3), FoldsConfig(n_folds=5))
+
+
+def test_split_and_its_errors(tmp_path):
+    folds = make_folds(fake_index(10), FoldsConfig(n_folds=5))
+    train, val = split(folds, 2)
+    assert len(train) + len(val) == len(folds) and not set(train) & set(val)
+    all_train, none = split(folds, -1)
+    assert len(all_train) == len(folds) and none == []
+    with pytest.raises(PipelineError, match="fold 5 does not exist"):
+        split(folds, 5)
+
+    broken = folds.copy()
+    broken.loc[0, "fold"] = (broken.loc[0, "fold"] + 1) % 5  # one angle moved to another fold
+    path = write_folds(broken, tmp_path / "folds.csv")
+    with pytest.raises(PipelineError, match="more than one fold"):
+        load_folds(path)
+    with pytest.raises(PipelineError, match="not found"):
+        load_folds(tmp_path / "nope.csv")
+
+
+def test_load_folds_rejects_a_file_without_the_columns(tmp_path):
+    path = tmp_path / "folds.csv"
+    path.write_text("img,fold\na.jpg,0\n")
+    with pytest.raises(PipelineError, match=r"missing column\(s\) \['car_id'\]"):
+        load_folds(path)
+
+
+def test_fold_rows_gives_each_side_with_its_fold(tiny_data, tiny_folds):
+    index, folds = train_index(tiny_data), load_folds(tiny_folds)
+    train, val = fold_rows(index, folds, 0, tiny_folds, str(tiny_data))
+    assert len(train) == len(val) == 32  # 2 of the 4 cars on each side
+    assert set(val["fold"]) == {0} and set(train["fold"]) == {1}
+    assert not set(train["car_id"]) & set(val["car_id"])
+    assert {"image_path", "mask_path"} <= set(train.columns)
+    assert val["img"].tolist() == folds.loc[folds["fold"] == 0, "img"].tolist()  # folds order
+    everything, none = fold_rows(index, folds, -1, tiny_folds, str(tiny_data))
+    assert len(everything) == 64 and sorted(set(everything["fold"])) == [0, 1]
+    assert len(none) == 0
+
+
+def test_folds_of_other_data_are_rejected(tiny_data, tmp_path):
+    index = train_index(tiny_data)
+    folds = make_folds(fake_index(4), FoldsConfig(n_folds=2, stratify="none"))
+    path = tmp_path / "folds.csv"
+    with pytest.raises(PipelineError, match="are not in .*the folds file belongs to other data"):
+        fold_rows(index, folds, 0, path, str(tiny_data))
+    imgs = index["img"].tolist()[:3][::-1]
+    assert select_rows(index, imgs, path, str(tiny_data))["img"].tolist() == imgs
+
+
+def test_mask_areas_and_the_summary_line(tiny_data, tiny_folds):
+    index = train_index(tiny_data).head(3)
+    areas = mask_areas(index)
+    assert len(areas) == 3 and all(0 < a < 1 for a in areas)
+    assert mask_areas(index.assign(mask_path="")).isna().all()
+    assert fold_summary(load_folds(tiny_folds)) == "0: 2 cars/32 imgs, 1: 2 cars/32 imgs"
+
+
+@pytest.mark.real_data
+def test_real_cars_five_folds(real_root):
+    folds = make_folds(train_index(real_root), FoldsConfig(n_folds=5))
+    cars = folds.groupby("fold")["car_id"].nunique()
+    assert cars.sum() == 97 and cars.max() - cars.min() <= 1

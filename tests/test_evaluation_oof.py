@@ -1,0 +1,108 @@
+"""Out-of-fold evaluation: each fold scored by its own model (checked against closed-form
+Dice), the summary, fold-level resume until something changes, the all-images mode, and a
+missing folds file."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+import pytest
+import torch
+from conftest import tiny_config
+
+from pipeline.config import Config
+from pipeline.data.io import read_mask
+from pipeline.data.layout import train_index
+from pipeline.data.splits import load_folds
+from pipeline.errors import PipelineError
+from pipeline.evaluation.oof import evaluate_all_images, evaluate_oof
+from pipeline.models import build_model
+from pipeline.models.checkpoint import save_checkpoint
+from pipeline.records import to_json
+from pipeline.runs import Roots
+
+
+def constant_model(cfg: Config, logit: float):
+    """A U-Net whose head outputs ``logit`` everywhere: all car (> 0) or no car (< 0)."""
+    model = build_model(cfg.model)
+    with torch.no_grad():
+        model.outc.conv.weight.zero_()
+        model.outc.conv.bias.fill_(logit)
+    return model
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_data, tiny_folds, tiny_cache):
+    """2 folds; fold 0's model says "no car" everywhere, fold 1's "all car"."""
+    root = tmp_path_factory.mktemp("eval")
+    cfg = tiny_config(tiny_data, tiny_cache)
+    roots = Roots(checkpoints=root / "ck")
+    save_checkpoint(roots.run("tiny", 0).best, constant_model(cfg, -30.0), cfg)
+    save_checkpoint(roots.run("tiny", 1).best, constant_model(cfg, 30.0), cfg)
+    return {"cfg": cfg, "data": tiny_data, "folds_csv": tiny_folds,
+            "folds": load_folds(tiny_folds), "model": roots.model("tiny")}
+
+
+def all_car_dice(mask_path: str) -> float:
+    """Dice of an all-car prediction: 2 |T| / (|T| + H * W)."""
+    truth = read_mask(mask_path)
+    return 2 * truth.sum() / (truth.sum() + truth.size)
+
+
+def test_each_fold_is_scored_by_its_own_model(setup, tmp_path):
+    result = evaluate_oof(setup["cfg"], setup["data"], setup["folds_csv"], tmp_path,
+                          model=setup["model"], progress=False)
+    scores = result.scores
+    folds = setup["folds"].set_index("img")["fold"]
+    assert len(scores) == 64 and scores["img"].is_unique
+    assert (scores["fold"].to_numpy() == folds.loc[scores["img"]].to_numpy()).all()
+    index = train_index(setup["data"]).set_index("img")
+    for row in scores.itertuples():
+        if row.fold == 0:  # "no car" against a car: Dice 0, nothing predicted
+            assert row.dice == 0 and row.pred_px == 0 and row.true_px > 0
+        else:
+            assert row.pred_px == 64 * 96 and row.inter_px == row.true_px
+            assert row.dice == pytest.approx(all_car_dice(index.loc[row.img, "mask_path"]))
+    s = result.summary
+    assert s.images == 64 and s.dice == pytest.approx(scores["dice"].mean())
+    assert s.folds["0"].dice == 0 and s.folds["1"].dice > 0
+    assert sorted(s.angles) == [f"{a:02d}" for a in range(1, 17)]
+    assert set(s.makes) == set(index["make"])
+    assert to_json(s)["predict"] == {"tta": ["hflip"], "threshold": 0.5,
+                                     "largest_component": False, "precision": "fp32",
+                                     "device": "cpu"}
+    assert [w.dice for w in result.worst] == sorted(scores["dice"])[:6]
+
+
+def test_finished_folds_are_reused_until_something_changes(setup, tmp_path, monkeypatch):
+    cfg = setup["cfg"]
+    args = (setup["data"], setup["folds_csv"], tmp_path)
+    first = evaluate_oof(cfg, *args, model=setup["model"], progress=False)
+
+    def no_model(*a, **k):
+        raise AssertionError("a finished fold was predicted again")
+
+    monkeypatch.setattr("pipeline.evaluation.oof.load_ensemble", no_model)
+    again = evaluate_oof(cfg, *args, model=setup["model"], progress=False)
+    pd.testing.assert_frame_equal(first.scores, again.scores)
+    assert [w.img for w in again.worst] == [w.img for w in first.worst]
+    other = dataclasses.replace(cfg, predict=dataclasses.replace(cfg.predict, threshold=0.4))
+    with pytest.raises(AssertionError, match="predicted again"):
+        evaluate_oof(other, *args, model=setup["model"], progress=False)
+
+
+def test_all_images_mode_scores_an_ensemble_on_a_labelled_folder(setup):
+    ckpt = setup["model"].fold_checkpoints()[1]
+    result = evaluate_all_images(setup["cfg"], setup["data"], [ckpt], progress=False)
+    assert len(result.scores) == 64 and (result.scores["fold"] == -1).all()
+    row = result.scores.iloc[5]
+    mask = train_index(setup["data"]).set_index("img").loc[row.img, "mask_path"]
+    assert row.dice == pytest.approx(all_car_dice(mask))
+    assert result.summary.mode == "all-images"
+
+
+def test_missing_folds_file_is_a_clear_error(setup, tmp_path):
+    with pytest.raises(PipelineError, match="folds file not found"):
+        evaluate_oof(setup["cfg"], setup["data"], tmp_path / "nope.csv", tmp_path,
+                     model=setup["model"], progress=False)

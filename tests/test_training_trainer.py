@@ -1,0 +1,269 @@
+"""pipeline.training.trainer.train: what one run writes (checkpoints, record, live files),
+resume, fold -1, early stopping, time budgets, and bad input refused as one line before any
+output exists."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from conftest import tiny_config, tiny_overrides, tiny_run
+
+from pipeline.config import load_config
+from pipeline.data.cache import build_cache, cache_paths
+from pipeline.data.layout import train_index
+from pipeline.errors import PipelineError
+from pipeline.models.checkpoint import checkpoint_config, load_checkpoint, load_model
+from pipeline.records import TrainRecord, read_record, to_json
+from pipeline.runs import Roots, RunPaths
+from pipeline.training import budget, trainer
+from pipeline.training.trainer import train
+
+METRIC_KEYS = {"model", "fold", "best_epoch", "val_dice", "val_accuracy", "val_precision",
+               "val_recall", "train_loss", "epochs", "images_per_s", "seconds", "height",
+               "width", "device"}
+
+
+def timeless(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.endswith(("seconds", "_per_s"))}
+            for r in history]
+
+
+def history_of(run: RunPaths) -> list[dict]:
+    return load_checkpoint(run.last)["train_state"]["progress"]["history"]
+
+
+# --------------------------------------------------------------------------- train()
+
+
+def test_train_writes_checkpoints_record_and_live_files(tiny_data, tiny_folds, tiny_cache,
+                                                        tmp_path):
+    cfg = tiny_config(tiny_data, tiny_cache, epochs=2)
+    run = tiny_run(tmp_path)
+    record = train(cfg, 0, folds_path=tiny_folds, run=run, progress=False)
+    metrics = to_json(record)
+    assert METRIC_KEYS <= metrics.keys()
+    assert record.model == "tiny" and record.fold == 0 and record.epochs == 2
+    assert 0 < record.val_dice <= 1 and record.images_per_s > 0
+    assert json.loads(run.record.read_text()) == metrics
+    assert read_record(run.record, TrainRecord) == record
+    best, last = load_checkpoint(run.best), load_checkpoint(run.last)
+    assert best["epoch"] == record.best_epoch
+    assert best["metrics"]["val_dice"] == pytest.approx(record.val_dice)
+    assert "train_state" not in best and last["train_state"]["epoch"] == 1
+    assert checkpoint_config(last) == cfg
+    model, _ = load_model(run.best)
+    assert model(torch.zeros(1, 3, 64, 96)).shape == (1, 1, 64, 96)
+    # DVCLive and the PNG, readable offline; nothing written outside the live dir
+    live = run.live_dir
+    assert (live / "curves.png").stat().st_size > 1000
+    dice_log = pd.read_csv(live / "plots" / "metrics" / "val_dice.tsv", sep="\t")
+    assert len(dice_log) == 2
+    assert dice_log["val_dice"].iloc[-1] == pytest.approx(last["metrics"]["val_dice"])
+    assert not (tmp_path / "dvc.yaml").exists()
+
+
+def test_paths_follow_the_model_label(tiny_data, tiny_cache):
+    cfg = tiny_config(tiny_data, tiny_cache)
+    paths = Roots(checkpoints=Path("ck"), metrics=Path("me"), live=Path("dl")).run(
+        cfg.model.label, 3)
+    assert (paths.checkpoint_dir, paths.record, paths.live_dir) == (
+        Path("ck/tiny/fold3"), Path("me/tiny/fold3.json"), Path("dl/tiny/fold3"))
+
+
+def test_resume_ends_in_the_same_state_as_an_uninterrupted_run(tiny_data, tiny_folds,
+                                                               tiny_cache, tmp_path,
+                                                               monkeypatch):
+    cfg = tiny_config(tiny_data, tiny_cache, epochs=2, max_steps=3)  # augmentation on
+    straight = tiny_run(tmp_path, "straight")
+    train(cfg, 0, folds_path=tiny_folds, run=straight, progress=False)
+
+    interrupted = tiny_run(tmp_path, "interrupted")
+    real_log = trainer.log_epoch
+
+    def crash_after_first_epoch(row, epochs):
+        real_log(row, epochs)
+        raise KeyboardInterrupt  # like Ctrl-C (or kill -9) once last.pt of epoch 1 is written
+
+    monkeypatch.setattr(trainer, "log_epoch", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, 0, folds_path=tiny_folds, run=interrupted, progress=False)
+    assert load_checkpoint(interrupted.last)["epoch"] == 0
+    monkeypatch.setattr(trainer, "log_epoch", real_log)
+    resumed = train(cfg, 0, folds_path=tiny_folds, run=interrupted, progress=False,
+                    resume=True)
+
+    a = load_checkpoint(straight.last)
+    b = load_checkpoint(interrupted.last)
+    assert a["epoch"] == b["epoch"] == 1
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    history_a = a["train_state"]["progress"]["history"]
+    assert timeless(history_a) == timeless(b["train_state"]["progress"]["history"])
+    assert a["train_state"]["scheduler"] == b["train_state"]["scheduler"]
+    straight_metrics = json.loads(straight.record.read_text())
+    assert resumed.val_dice == straight_metrics["val_dice"]
+    # the DVCLive log was rebuilt from the checkpoint: two epochs, no duplicate
+    log = pd.read_csv(interrupted.live_dir / "plots" / "metrics" / "train_loss.tsv", sep="\t")
+    assert log["step"].tolist() == [0, 1]
+
+
+def test_resume_without_checkpoint_starts_fresh_and_finished_run_is_kept(
+        tiny_data, tiny_folds, tiny_cache, tmp_path):
+    cfg = tiny_config(tiny_data, tiny_cache, epochs=1, max_steps=1)
+    run = tiny_run(tmp_path)
+    first = train(cfg, 0, folds_path=tiny_folds, run=run, progress=False, resume=True)
+    stamp = run.last.stat().st_mtime_ns
+    again = train(cfg, 0, folds_path=tiny_folds, run=run, progress=False, resume=True)
+    assert again.val_dice == first.val_dice and again.epochs == 1
+    assert run.last.stat().st_mtime_ns == stamp  # nothing retrained
+
+
+def test_resume_refuses_a_different_model(tiny_data, tiny_folds, tiny_cache, tmp_path):
+    run = tiny_run(tmp_path)
+    train(tiny_config(tiny_data, tiny_cache, epochs=1, max_steps=1), 0, folds_path=tiny_folds,
+          run=run, progress=False)
+    other = load_config([], tiny_overrides(tiny_data, tiny_cache, epochs=2) + ["model.depth=3"])
+    with pytest.raises(PipelineError, match="different model config"):
+        train(other, 0, folds_path=tiny_folds, run=run, progress=False, resume=True)
+
+
+def test_fold_minus_one_trains_on_everything(tiny_data, tiny_folds, tiny_cache, tmp_path):
+    cfg = tiny_config(tiny_data, tiny_cache, epochs=2, max_steps=2)
+    run = tiny_run(tmp_path, fold=-1)
+    record = train(cfg, -1, folds_path=tiny_folds, run=run, progress=False)
+    assert record.val_dice is None and record.best_epoch == 1  # best = last
+    assert load_checkpoint(run.best)["epoch"] == 1
+    assert json.loads(run.record.read_text())["fold"] == -1
+
+
+def test_early_stopping_after_patience(tiny_data, tiny_folds, tiny_cache, tmp_path,
+                                       monkeypatch):
+    dices = iter([0.9, 0.8, 0.85, 0.95])
+
+    def fake_validate(model, loader, loss_fn, **kwargs):
+        d = next(dices)  # 1 image with dice d: tp/fp/fn/tn are irrelevant here
+        return torch.tensor([1, 0, 0, 1, d, 1], dtype=torch.float64), 0.1, 1
+
+    monkeypatch.setattr(trainer, "validate_epoch", fake_validate)
+    cfg = tiny_config(tiny_data, tiny_cache, epochs=4, max_steps=1, patience=2)
+    run = tiny_run(tmp_path)
+    record = train(cfg, 0, folds_path=tiny_folds, run=run, progress=False)
+    assert record.epochs == 3 and record.best_epoch == 0
+    assert record.val_dice == pytest.approx(0.9)
+    assert load_checkpoint(run.best)["epoch"] == 0
+    assert load_checkpoint(run.last)["train_state"]["progress"]["stopped"]
+
+
+# --------------------------------------------------------------------------- time budgets
+
+
+def test_a_budget_shorter_than_an_epoch_trains_part_of_one(tiny_data, tiny_folds, tiny_cache,
+                                                          tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(budget, "PROBE_STEPS", 1)
+    monkeypatch.setattr(budget, "PROBE_SKIP", 0)
+    # 3 batches per epoch (max_steps); a budget of 1 ms
+    cfg = tiny_config(tiny_data, tiny_cache, epochs=3, time_budget_min=1e-3 / 60)
+    run = tiny_run(tmp_path)
+    record = train(cfg, 0, folds_path=tiny_folds, run=run, progress=False)
+    out = capsys.readouterr().out
+    assert "planning 0.333 of 3 epochs (1 batches)" in out, out
+    assert record.epochs == 1
+    history = history_of(run)
+    assert [r["train_batches"] for r in history] == [1]
+    assert history[0]["lr"] == pytest.approx(cfg.train.min_lr)  # the decay ended in budget
+
+
+def test_a_budget_of_some_epochs_ends_the_decay_inside_it(tiny_data, tiny_folds, tiny_cache,
+                                                         tmp_path, monkeypatch):
+    monkeypatch.setattr(budget, "PROBE_STEPS", 1)
+    monkeypatch.setattr(budget, "PROBE_SKIP", 0)
+    # whatever the pace, 5 of 6 batches fit: the plan is 1.67 epochs, the second one partial
+    monkeypatch.setattr(budget, "plan_batches", lambda *a, **k: min(5, a[2]))
+    cfg = tiny_config(tiny_data, tiny_cache, epochs=2, time_budget_min=1)  # 60 s
+    run = tiny_run(tmp_path)
+    train(cfg, 0, folds_path=tiny_folds, run=run, progress=False)
+    history = history_of(run)
+    assert [r["train_batches"] for r in history] == [3, 2]
+    assert history[0]["lr"] > 10 * cfg.train.min_lr
+    assert history[-1]["lr"] == pytest.approx(cfg.train.min_lr)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    message = str(exc.value)
+    assert "\n" not in message and message
+    return message
+
+
+def test_missing_folds_file(tiny_data, tiny_cache, tmp_path):
+    with pytest.raises(PipelineError) as exc:
+        train(tiny_config(tiny_data, tiny_cache), 0, folds_path=tmp_path / "nope.csv",
+              run=tiny_run(tmp_path), progress=False)
+    assert "nope.csv" in _one_line(exc)
+    assert not (tmp_path / "run").exists()
+
+
+def test_fold_out_of_range(tiny_data, tiny_folds, tiny_cache, tmp_path):
+    with pytest.raises(PipelineError) as exc:
+        train(tiny_config(tiny_data, tiny_cache), 2, folds_path=tiny_folds,
+              run=tiny_run(tmp_path, fold=2), progress=False)
+    assert "fold 2 does not exist" in _one_line(exc)
+
+
+def test_missing_data_root(tiny_folds, tiny_cache, tmp_path):
+    with pytest.raises(PipelineError) as exc:
+        train(tiny_config(tmp_path / "nowhere", tiny_cache), 0, folds_path=tiny_folds,
+              run=tiny_run(tmp_path), progress=False)
+    assert str(tmp_path / "nowhere") in _one_line(exc)
+
+
+def test_folds_sharing_a_car_are_refused(tiny_data, tiny_folds, tiny_cache, tmp_path):
+    folds = pd.read_csv(tiny_folds, dtype={"car_id": str})
+    car = folds["car_id"].iloc[0]
+    first = folds.index[folds["car_id"] == car][0]
+    folds.loc[first, "fold"] = 1 - folds.loc[first, "fold"]  # one angle leaks to the other side
+    broken = tmp_path / "leaky.csv"
+    folds.to_csv(broken, index=False)
+    with pytest.raises(PipelineError) as exc:
+        train(tiny_config(tiny_data, tiny_cache), 0, folds_path=broken, run=tiny_run(tmp_path),
+              progress=False)
+    assert car in _one_line(exc) and "leaky.csv" in str(exc.value)
+
+
+def test_unreadable_image_keeps_earlier_outputs(tiny_data, tiny_folds, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
+    victim = sorted((root / "train").glob("*.jpg"))[5]
+    victim.write_bytes(b"\xff\xd8 truncated")
+    run = tiny_run(tmp_path)
+    run.checkpoint_dir.mkdir(parents=True)
+    run.last.write_bytes(b"an earlier run")
+    with pytest.raises(PipelineError) as exc:
+        train(tiny_config(root, tmp_path / "cache"), 0, folds_path=tiny_folds, run=run,
+              progress=False)
+    assert victim.name in _one_line(exc)
+    assert run.last.read_bytes() == b"an earlier run"
+    assert not run.record.exists()
+
+
+def test_error_inside_a_dataloader_worker_is_one_line(tiny_data, tiny_folds, tmp_path):
+    cache = tmp_path / "cache"
+    rows = train_index(tiny_data)
+    build_cache(rows, 64, 96, cache, progress=False)
+    img = pd.read_csv(tiny_folds).query("fold == 1")["img"].iloc[0]  # a training image
+    cached, _ = cache_paths(img, 64, 96, cache)
+    stamp = cached.stat()
+    cached.write_bytes(b"garbage")  # corrupt after the cache check, as a disk error would
+    os.utime(cached, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    cfg = tiny_config(tiny_data, cache, num_workers=1, max_steps=0, augment=False)
+    with pytest.raises(PipelineError) as exc:
+        train(cfg, 0, folds_path=tiny_folds, run=tiny_run(tmp_path), progress=False)
+    assert str(cached) in _one_line(exc) and "Traceback" not in str(exc.value)
