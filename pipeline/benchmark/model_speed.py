@@ -9,9 +9,11 @@ the inputs are channels_last, as in training.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -64,19 +66,27 @@ def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), target)
 
 
-def benchmark_model(
-    cfg: ModelConfig,
-    *,
-    height: int,
-    width: int,
-    batch_size: int,
-    steps: int,
-    warmup: int,
-    device: torch.device,
-    precision: Precision = FP32,
-) -> dict:
+@dataclass(frozen=True)
+class Workload:
+    """What is timed: batches of ``batch_size`` random images of ``height`` x ``width``, the
+    median of ``steps`` calls after ``warmup`` untimed ones."""
+
+    height: int = 320
+    width: int = 480
+    batch_size: int = 4
+    steps: int = 10
+    warmup: int = 2
+
+    def check(self) -> None:
+        if min(self.height, self.width, self.batch_size, self.steps) < 1 or self.warmup < 0:
+            raise PipelineError("height, width, batch size and steps must be >= 1, warmup >= 0")
+
+
+def benchmark_model(cfg: ModelConfig, work: Workload, device: torch.device,
+                    precision: Precision = FP32) -> dict:
     """Measure one model; a failure while running (out of memory, a batch too small for batch
     norm) is recorded in ``status`` rather than raised, so the other models still run."""
+    height, width, batch_size = work.height, work.width, work.batch_size
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
     row = {"model": cfg.label, "arch": cfg.arch, "params": count_parameters(model)}
@@ -112,7 +122,7 @@ def benchmark_model(
             torch.cuda.empty_cache()
         reset_peak_memory(device)
         try:
-            seconds = seconds_per_step(fn, steps, warmup, device)
+            seconds = seconds_per_step(fn, work.steps, work.warmup, device)
         except torch.cuda.OutOfMemoryError:
             row["status"] = f"{phase}: out of memory"
             break
@@ -133,12 +143,8 @@ def load_model_configs(paths: list[Path], overrides: list[str] = (),
 
 def run_models_benchmark(
     paths: list[Path],
+    work: Workload,
     *,
-    height: int = 320,
-    width: int = 480,
-    batch_size: int = 4,
-    steps: int = 10,
-    warmup: int = 2,
     device: str | None = None,
     precision: str = "auto",
     overrides: list[str] = (),
@@ -148,8 +154,7 @@ def run_models_benchmark(
 ) -> dict:
     """Benchmark each model config; the JSON (if ``out``) is rewritten after every model, so an
     interrupted run keeps what it measured."""
-    if min(height, width, batch_size, steps) < 1 or warmup < 0:
-        raise PipelineError("height, width, batch size and steps must be >= 1, warmup >= 0")
+    work.check()
     configs = load_model_configs(paths, overrides, config)  # all parse before the first run
     dev = pick_device(device)
     prec = resolve_precision(precision, dev, what="--precision")
@@ -157,26 +162,13 @@ def run_models_benchmark(
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its kernels
     result = {
         "device": device_name(dev),
-        "height": height,
-        "width": width,
-        "batch_size": batch_size,
-        "steps": steps,
-        "warmup": warmup,
+        **dataclasses.asdict(work),
         "precision": prec.name + (" autocast, channels_last" if dev.type == "cuda" else ""),
         "torch": torch.__version__,
         "results": [],
     }
     for path, cfg in tqdm(list(zip(paths, configs)), desc="models", disable=not progress):
-        row = benchmark_model(
-            cfg,
-            height=height,
-            width=width,
-            batch_size=batch_size,
-            steps=steps,
-            warmup=warmup,
-            device=dev,
-            precision=prec,
-        )
+        row = benchmark_model(cfg, work, dev, prec)
         row["config"] = str(path)
         row["model_config"] = to_dict(cfg)
         result["results"].append(row)
@@ -254,18 +246,8 @@ def register(app: typer.Typer) -> None:
         paths = list(models) if models else sorted(MODEL_DIR.glob("*.yaml"))
         if not paths:
             raise PipelineError(f"{MODEL_DIR}: no model configs found; pass --models FILE.yaml")
-        result = run_models_benchmark(
-            paths,
-            height=height,
-            width=width,
-            batch_size=batch_size,
-            steps=steps,
-            warmup=warmup,
-            device=device,
-            precision=precision,
-            overrides=overrides or [],
-            config=config,
-            out=out,
-        )
+        work = Workload(height, width, batch_size, steps, warmup)
+        result = run_models_benchmark(paths, work, device=device, precision=precision,
+                                      overrides=overrides or [], config=config, out=out)
         typer.echo(markdown_table(result))
         typer.echo(f"wrote {out}")
