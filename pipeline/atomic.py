@@ -4,6 +4,7 @@ PNG images)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -13,15 +14,27 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipeline import faults
 from pipeline.errors import PipelineError
+
+# Write failures that are the environment's, not a bug: one line for the user.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG}
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    A crash (even ``kill -9``) leaves the previous ``path`` or the new one, never a mix; a
+    failed write (a full disk, a read-only folder) is one :class:`PipelineError` line and the
+    previous file is kept.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise PipelineError(f"{path}: cannot be written ({exc.strerror})") from None
     os.close(fd)
     # mkstemp creates 0600 files; give the result the permissions a plain open() would.
     umask = os.umask(0)
@@ -30,7 +43,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        faults.reached("atomic.rename")
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        raise PipelineError(f"{path}: could not be written ({exc.strerror}); the previous "
+                            "version is kept, free space (or fix the folder) and re-run") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

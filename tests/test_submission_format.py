@@ -60,6 +60,10 @@ def test_validator_accepts_a_good_file(tmp_path, suffix):
         (0, f"{NAMES[0]},21 1", ["outside the image"]),
         (1, f"{NAMES[2]},", ["image '000000000001_01.jpg'", "expected '000000000000_02.jpg'"]),
         (1, f"{NAMES[1]},1 1,extra", ["3 fields, expected 2"]),
+        # review defects: an int64-overflowing token, a start+length that overflows int64
+        (0, f"{NAMES[0]},1 99999999999999999999", ["out of range"]),
+        (0, f"{NAMES[0]},2 9223372036854775807", ["out of range"]),
+        (0, f"{NAMES[0]},1 1e3", ["'1e3' is not an integer"]),
     ],
 )
 def test_validator_names_the_row_of_each_defect(tmp_path, row, text, words):
@@ -92,6 +96,30 @@ def test_validator_header_missing_extra_and_swapped_rows(tmp_path):
     assert "file not found" in validate_submission(tmp_path / "none.csv", NAMES, SHAPE)[0]
     # limit: only the first names are expected
     assert validate_submission(write_csv(tmp_path / "f.csv", GOOD[:2]), NAMES, SHAPE, limit=2) == []
+
+
+def test_blank_lines_are_not_rows(tmp_path):
+    path = tmp_path / "s.csv"
+    path.write_text("img,rle_mask\n" + "\n".join(GOOD) + "\n\n")
+    assert validate_submission(path, NAMES, SHAPE) == []
+    path.write_text("img,rle_mask\n" + "\n\n".join(GOOD) + "\n")
+    assert validate_submission(path, NAMES, SHAPE) == []
+
+
+def test_a_gz_that_is_not_gzip_and_a_corrupt_gzip_are_one_line_each(tmp_path):
+    plain = write_csv(tmp_path / "s.csv", GOOD)
+    named = tmp_path / "s.csv.gz"
+    named.write_bytes(plain.read_bytes())
+    problems = validate_submission(named, NAMES, SHAPE)
+    assert len(problems) == 1 and "not gzip-compressed" in problems[0]
+    good = write_csv(tmp_path / "t.csv.gz", GOOD).read_bytes()
+    broken = tmp_path / "u.csv.gz"
+    broken.write_bytes(good[:12] + bytes(b ^ 0x55 for b in good[12:30]) + good[30:])
+    problems = validate_submission(broken, NAMES, SHAPE)
+    assert len(problems) >= 1 and all("\n" not in p for p in problems)
+    assert "u.csv.gz" in problems[-1]
+    with pytest.raises(PipelineError):
+        check_submission(broken, NAMES, SHAPE)
 
 
 def test_rle_problem_agrees_with_the_encoder():

@@ -5,6 +5,7 @@ merge refuses a missing shard without touching the output."""
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ import pytest
 from pipeline.errors import PipelineError
 from pipeline.submission.shards import (
     ShardWriter,
-    concat_files,
+    part_files,
+    recompress,
     gzip_member,
     merge_shards,
     shard_done,
@@ -27,6 +29,7 @@ def test_shard_writer_resumes_and_drops_a_half_written_chunk(tmp_path):
     w.flush()
     w.add("b,\n", 1)
     w.flush()
+    w.close()
     size = part.stat().st_size
     with open(part, "ab") as fh:  # a crash in the middle of the next chunk
         fh.write(gzip.compress(b"c,1 1\n")[:7])
@@ -44,6 +47,7 @@ def test_shard_done_follows_the_stamp(tmp_path):
     assert not shard_done(part, "k1", 2)
     w.add("a,\nb,\n", 2)
     w.flush()
+    w.close()
     assert shard_done(part, "k1", 2) and not shard_done(part, "k2", 2)
 
 
@@ -53,13 +57,65 @@ def test_shard_paths_are_hidden_and_named_per_rank():
     assert shard_path(out, 1, 3) == Path("subs") / ".demo.rank1-of-3.part"
 
 
-def test_gzip_members_concatenate_into_one_stream(tmp_path):
+def test_shards_merge_into_one_gzip_stream(tmp_path):
     parts = [tmp_path / "a", tmp_path / "b"]
-    parts[0].write_bytes(gzip_member("img,rle_mask\nx,1 1\n"))
+    parts[0].write_bytes(gzip_member("img,rle_mask\n") + gzip_member("x,1 1\n"))
     parts[1].write_bytes(gzip_member("y,\n"))
     assert gzip_member("y,\n") == parts[1].read_bytes()  # deterministic bytes
-    concat_files(parts, tmp_path / "out.gz", block=5)
-    assert gzip.decompress((tmp_path / "out.gz").read_bytes()) == b"img,rle_mask\nx,1 1\ny,\n"
+    recompress(parts, tmp_path / "out.gz", block=5)
+    data = (tmp_path / "out.gz").read_bytes()
+    # One member: a reader that stops after the first member (zlib without the multi-member
+    # loop) still sees every row.
+    one = zlib.decompressobj(wbits=31)
+    assert one.decompress(data) == b"img,rle_mask\nx,1 1\ny,\n" and one.eof
+    assert one.unused_data == b""
+
+
+def test_a_damaged_shard_is_not_resumed(tmp_path):
+    part = tmp_path / ".x.part"
+    w = ShardWriter(part, "k1")
+    w.add("a,\nb,\n", 2)
+    w.flush()
+    w.close()
+    data = bytearray(part.read_bytes())
+    data[12] ^= 0xFF  # same size, corrupted content
+    part.write_bytes(bytes(data))
+    again = ShardWriter(part, "k1")
+    assert not again.resumed and again.discarded and again.rows_done == 0
+
+
+def test_a_failed_write_ends_the_shard_at_its_last_good_chunk(tmp_path):
+    part = tmp_path / ".x.part"
+    seen = []
+
+    def fail_second(rows_done):
+        seen.append(rows_done)
+        if len(seen) == 2:
+            raise OSError(28, "No space left on device")
+
+    w = ShardWriter(part, "k1", on_written=fail_second)
+    for name in "abc":
+        w.add(f"{name},\n", 1)
+        try:
+            w.flush()
+        except OSError:
+            break
+    else:
+        pytest.fail("the write error did not surface")
+    w.add("d,\n", 1)
+    w.flush()  # refused quietly: the error was already raised
+    w.close()
+    assert seen == [1, 2] and gzip.decompress(part.read_bytes()) == b"a,\nb,\n"
+
+
+def test_part_files_never_match_another_submission(tmp_path):
+    out = tmp_path / "sub.csv.gz"
+    mine = [shard_path(out, 0, 1), shard_path(out, 1, 2)]
+    mine += [p.with_name(p.name + ".json") for p in mine]
+    other = [shard_path(tmp_path / "sub.v2.csv.gz", 0, 1), tmp_path / ".sub.partial"]
+    for p in mine + other:
+        p.write_bytes(b"x")
+    assert part_files(out) == sorted(mine)
 
 
 def test_merge_refuses_a_missing_shard_and_keeps_the_others(tmp_path):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import re
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
@@ -23,6 +25,9 @@ from pipeline.errors import PipelineError
 
 HEADER = "img,rle_mask"
 GZIP_MAGIC = b"\x1f\x8b"
+INTEGER = re.compile(r"^[+-]?\d+$")
+MAX_DIGITS = 15  # larger values cannot be pixel numbers; sums of two stay far inside int64
+READ_ERRORS = (csv.Error, UnicodeDecodeError, OSError, EOFError, zlib.error)
 
 
 # --------------------------------------------------------------------------- reading
@@ -66,18 +71,21 @@ def _expected_names(sample: str | Path | Iterable[str]) -> Iterator[str]:
 def rle_problem(text: str, n_pixels: int) -> str | None:
     """What is wrong with one RLE string for an image of ``n_pixels`` (None: nothing).
 
-    Checks, in order: integer tokens, an even count, starts >= 1, lengths >= 1, strictly
-    ascending starts, no overlap with the previous run, the last pixel inside the image.
-    Adjacent runs (one starting right where the previous ends) are valid.
+    Checks, in order: integer tokens, values small enough to be pixel numbers (so nothing below
+    can overflow int64), an even count, starts >= 1, lengths >= 1, strictly ascending starts,
+    no overlap with the previous run, the last pixel inside the image. Adjacent runs (one
+    starting right where the previous ends) are valid.
     """
     tokens = text.split()
     if not tokens:
         return None
-    try:
-        numbers = np.array(tokens, dtype=np.int64)
-    except (ValueError, OverflowError):
-        bad = next(t for t in tokens if not t.isdigit() and not _is_int(t))
+    bad = next((t for t in tokens if not INTEGER.match(t)), None)
+    if bad is not None:
         return f"'{bad}' is not an integer"
+    huge = next((t for t in tokens if len(t.lstrip("+-")) > MAX_DIGITS), None)
+    if huge is not None:
+        return f"'{huge}' is out of range: an image has only {n_pixels} pixels"
+    numbers = np.array(tokens, dtype=np.int64)  # every value has at most MAX_DIGITS digits
     if numbers.size % 2:
         return f"odd number of values ({numbers.size}): RLE needs start length pairs"
     starts, lengths = numbers[0::2], numbers[1::2]
@@ -106,14 +114,6 @@ def rle_problem(text: str, n_pixels: int) -> str | None:
     return None
 
 
-def _is_int(token: str) -> bool:
-    try:
-        int(token)
-        return True
-    except ValueError:
-        return False
-
-
 def validate_submission(
     path: str | Path,
     sample: str | Path | Iterable[str],
@@ -137,12 +137,15 @@ def validate_submission(
         fh = open_text(path)
     except PipelineError as exc:
         return [str(exc)]
+    if path.suffix == ".gz" and not _is_gzip(path):
+        problems.append(f"{path}: named .gz but not gzip-compressed; Kaggle would not read it "
+                        "(compress it, or name it .csv)")
     with fh:
         rows = _rows(fh)
         try:
             _, header = next(rows, (1, None))
-        except (csv.Error, UnicodeDecodeError, OSError, EOFError) as exc:
-            return [f"{path}: cannot be read as CSV ({exc})"]
+        except READ_ERRORS as exc:
+            return [f"{path}: cannot be read as CSV ({_reason(exc)})"]
         if header is None:
             return [f"{path}: empty file; expected the header '{HEADER}' and one row per image"]
         if ",".join(header) != HEADER:
@@ -153,9 +156,11 @@ def validate_submission(
                 line_no, fields = next(rows)
             except StopIteration:
                 break
-            except (csv.Error, UnicodeDecodeError, OSError, EOFError) as exc:
-                problems.append(f"{path}: after data row {n_rows}: unreadable ({exc})")
+            except READ_ERRORS as exc:
+                problems.append(f"{path}: after data row {n_rows}: unreadable ({_reason(exc)})")
                 return problems
+            if not fields:  # a blank line (pandas, and Kaggle, skip those)
+                continue
             n_rows += 1
             want = next(expected, None)
             where = f"{path}: line {line_no}"
@@ -179,6 +184,17 @@ def validate_submission(
             problems.append(f"{path}: ends after {n_rows} rows; {missing} more image(s) of "
                             "sample_submission.csv have no row")
     return problems
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == GZIP_MAGIC
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for a read error (a corrupt gzip, bad bytes)."""
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def check_submission(

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import faults
 from pipeline.config import FULL_HEIGHT, FULL_WIDTH, Config
 from pipeline.data.io import image_shape
 from pipeline.data.layout import Layout, submission_names
@@ -76,7 +77,8 @@ def make_submission(
     """Predict the test set into the submission file ``out`` (``.csv.gz``); resumable.
 
     ``dist`` places this process in a torchrun world (default: a single process).
-    ``on_chunk(rows_done)`` is called after every chunk is durably written.
+    ``on_chunk(rows_done)`` is called (from the writer thread) after every chunk is durably
+    written; an exception it raises stops the run at the next chunk.
     """
     t0 = time.perf_counter()
     dist = dist or DistInfo()
@@ -99,7 +101,7 @@ def make_submission(
     keys = [fingerprint([], run_key, a, b, names[a:b]) for a, b in blocks]
     start, stop = blocks[dist.rank]
     writer = ShardWriter(shard_path(out, dist.rank, dist.world_size), keys[dist.rank],
-                         header=HEADER if start == 0 else None)
+                         header=HEADER if start == 0 else None, on_written=on_chunk)
     if writer.discarded and dist.is_main:
         print(f"note: {writer.path} came from other checkpoints or settings; starting afresh",
               file=sys.stderr)
@@ -114,12 +116,14 @@ def make_submission(
         for pred in preds:
             rles = masks_to_rle(pred.probs, p.threshold, p.largest_component)
             writer.add(csv_lines(pred.names, rles), len(rles))
+            faults.reached("submit.batch")
             if writer.pending >= cfg.submit.shard_every:
                 writer.flush()
-                if on_chunk:
-                    on_chunk(writer.rows_done)
     finally:
-        writer.flush()  # every finished row is kept, also on an error or Ctrl-C
+        try:
+            writer.flush()  # every finished row is kept, also on an error or Ctrl-C
+        finally:
+            writer.close()
 
     if dist.is_main:
         # Other ranks may still be predicting (much longer after a resume): wait for their
