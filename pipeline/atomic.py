@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,17 +23,28 @@ from pipeline.errors import PipelineError
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG}
 
 
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete what a killed earlier write of ``path`` left: ``.<name>.<8 mkstemp chars>.tmp``
+    (exactly: ``.a.json.x1y2z3w4.tmp`` is not a temporary of ``a``)."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp$")
+    for sibling in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if pattern.match(sibling.name):
+            sibling.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
 
-    A crash (even ``kill -9``) leaves the previous ``path`` or the new one, never a mix; a
-    failed write (a full disk, a read-only folder) is one :class:`PipelineError` line and the
-    previous file is kept.
+    A crash (even ``kill -9``) leaves the previous ``path`` or the new one, never a mix, and
+    at most a hidden temporary, which the next write of ``path`` removes (a path has one writer
+    at a time); a failed write (a full disk, a read-only folder) is one :class:`PipelineError`
+    line and the previous file is kept.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(path)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise PipelineError(f"{path}: cannot be written ({exc.strerror})") from None

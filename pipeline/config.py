@@ -144,6 +144,9 @@ class TrainConfig:
     threads: int = runtime(0)  # torch CPU threads per process; 0: torch's default
     live: bool = runtime(True)  # per-epoch metrics and plots through DVCLive (dvclive/<model>/fold<K>)
     time_budget_min: float = 0.0  # >0: fit the epochs into this wall time (benchmark)
+    ema: float = 0.0  # >0: validate and keep (best.pt) an exponential moving average, this decay
+    init_from: str = ""  # a checkpoint whose weights start the run (progressive resizing)
+    pseudo_root: str = ""  # pseudo-label folder (python -m pipeline.pseudo) added to training
 
 
 @dataclass
@@ -182,9 +185,22 @@ class RefineConfig:
 
 
 @dataclass
+class PseudoConfig:
+    """Which predicted images become pseudo-labels (``python -m pipeline.pseudo``). With p the
+    car probability averaged over TTA views and models, a pixel is uncertain when
+    low < p < high; an image is kept when its mask (p > predict.threshold) is not empty and
+    uncertain pixels / mask pixels <= max_uncertain."""
+
+    max_uncertain: float = 0.02
+    low: float = 0.1
+    high: float = 0.9
+
+
+@dataclass
 class SubmitConfig:
     name: str = "submission"
     shard_every: int = runtime(1000)  # rows written between resume checkpoints
+    stall_timeout_s: float = runtime(1800.0)  # torchrun: give up when other ranks' shards stall
 
 
 @dataclass
@@ -207,6 +223,7 @@ class Config:
     predict: PredictConfig = field(default_factory=PredictConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
 
 

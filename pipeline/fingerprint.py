@@ -7,9 +7,12 @@ part afresh instead of mixing old and new results.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent
 
 
 def fingerprint(paths: Sequence[str | Path], *extras) -> str:
@@ -22,3 +25,14 @@ def fingerprint(paths: Sequence[str | Path], *extras) -> str:
                 h.update(chunk)
     h.update(repr(extras).encode())
     return h.hexdigest()[:16]
+
+
+def file_stats(paths: Iterable[str | Path]) -> list[tuple[int, int]]:
+    """(size, modification time in ns) of each file: a cheap identity for large inputs."""
+    return [(st.st_size, st.st_mtime_ns) for st in (Path(p).stat() for p in paths)]
+
+
+@functools.cache
+def code_version() -> str:
+    """A hash of the pipeline's source files: results computed by other code are not resumed."""
+    return fingerprint(sorted(PACKAGE.rglob("*.py")))

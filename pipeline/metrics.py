@@ -3,7 +3,9 @@
     Dice(X, Y) = 2 |X ∩ Y| / (|X| + |Y|),   defined as 1 when X and Y are both empty,
 
 computed on binary masks at full 1918x1280 resolution. Functions here are pure and work on a
-batch: numpy or torch arrays of shape (N, H, W) (or (N, 1, H, W)) with values in {0, 1}.
+batch: numpy or torch arrays of shape (N, H, W) (or (N, 1, H, W)). Any non-zero value is
+foreground (car), in numpy and torch alike: a 0/255 mask scores as its 0/1 twin, and
+probabilities must be thresholded first (0.01 counts as car; this is not a soft Dice).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ def _flat(x):
 
 
 def dice_per_image(pred, target):
-    """Per-image Dice of binary masks; both-empty images score 1. numpy or torch in, same out."""
+    """Per-image Dice (non-zero = foreground); both-empty images score 1. numpy or torch in,
+    same out (torch: float32 per image)."""
     if isinstance(pred, torch.Tensor):
-        p, t = _flat(pred).float(), _flat(target).float()
+        p, t = (_flat(pred) != 0).float(), (_flat(target) != 0).float()
         inter = (p * t).sum(1)
         total = p.sum(1) + t.sum(1)
         return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
@@ -33,8 +36,9 @@ def confusion_counts(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Summed (tp, fp, fn, tn, dice_sum, n_images) over a batch, as a float64 tensor of 6.
 
     Sums (rather than means) so that batches and DDP ranks can be added before dividing.
+    Non-zero is foreground, as in :func:`dice_per_image`.
     """
-    p, t = _flat(pred).bool(), _flat(target).bool()
+    p, t = _flat(pred) != 0, _flat(target) != 0
     tp = (p & t).sum()
     fp = (p & ~t).sum()
     fn = (~p & t).sum()

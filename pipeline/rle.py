@@ -83,14 +83,16 @@ def decode(rle: str, shape: tuple[int, int] = FULL_SHAPE) -> np.ndarray:
 def runs_torch(masks):
     """Run boundaries of a batch of binary masks computed on their device.
 
-    ``masks``: bool/uint8 tensor (N, H, W), e.g. thresholded probabilities still on the GPU.
+    ``masks``: tensor (N, H, W) of any dtype, e.g. thresholded probabilities still on the GPU;
+    non-zero is foreground, as in :func:`runs` (threshold probabilities first: 0.01 counts).
     Returns a list of N int64 numpy arrays ``[start, length, ...]`` (1-based, row-major), so
     only the run boundaries leave the device, never the full masks.
     """
     import torch
 
     n = masks.shape[0]
-    flat = masks.reshape(n, -1).to(torch.int8)
+    # != 0 before narrowing: a cast of 255 to int8 is -1 and of 0.7 is 0
+    flat = (masks.reshape(n, -1) != 0).to(torch.int8)
     pad = torch.zeros((n, 1), dtype=torch.int8, device=flat.device)
     diff = torch.diff(torch.cat([pad, flat, pad], dim=1), dim=1)
     # nonzero() returns (image, position) pairs sorted row by row: starts and ends alternate.
@@ -109,7 +111,7 @@ def runs_torch(masks):
 
 
 def encode_torch(masks) -> list[str]:
-    """Batch of binary masks (N, H, W) on any device -> list of N Kaggle RLE strings."""
+    """Batch of masks (N, H, W, non-zero = foreground) on any device -> N Kaggle RLE strings."""
     return [" ".join(map(str, r.tolist())) for r in runs_torch(masks)]
 
 

@@ -4,6 +4,8 @@ shrinks to, one tiny trained checkpoint, and the real files when present."""
 from __future__ import annotations
 
 import os
+import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,38 @@ def tiny_trained(tiny_data, tiny_folds, tiny_cache, tmp_path_factory) -> RunPath
     run = tiny_run(tmp_path_factory.mktemp("trained"))
     train(tiny_config(tiny_data, tiny_cache), 0, folds_path=tiny_folds, run=run, progress=False)
     return run
+
+
+# Every way a library here fetches weights; each name is patched wherever a module imported it.
+DOWNLOADERS = ("hf_hub_download", "snapshot_download", "load_state_dict_from_url",
+               "download_url_to_file", "urlopen")
+DOWNLOADING_MODULES = ("segmentation_models_pytorch", "timm", "huggingface_hub", "torch.hub",
+                       "torchvision", "urllib.request")
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Fail the test if anything tries to download: SMP's ``hf_hub_download`` (smp 0.6), torch
+    hub, urllib and any socket connection raise and are recorded. Yields the list of attempts
+    (a test that provokes one on purpose checks it, then clears it)."""
+    import segmentation_models_pytorch  # noqa: F401 -- load the modules whose names are patched
+    import torch.hub  # noqa: F401
+
+    attempts: list[str] = []
+
+    def refuse(name: str):
+        def _refuse(*args, **kwargs):
+            attempts.append(name)
+            raise OSError(f"test: {name} tried to reach the network")
+        return _refuse
+
+    for module_name, module in list(sys.modules.items()):
+        if module is None or not module_name.startswith(DOWNLOADING_MODULES):
+            continue
+        for attr in DOWNLOADERS:
+            if callable(getattr(module, attr, None)):
+                monkeypatch.setattr(module, attr, refuse(f"{module_name}.{attr}"))
+    monkeypatch.setattr(socket.socket, "connect", refuse("socket.connect"))
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse("socket.connect_ex"))
+    yield attempts
+    assert not attempts, f"a download was attempted: {attempts}"

@@ -13,14 +13,15 @@ from import_graph import REPO, all_modules, closure, imports_of, module_file
 
 # The command-line modules: a stage CLI each, the shared options, the benchmark subcommands.
 STAGES = {"pipeline.data.__main__", "pipeline.folds", "pipeline.train", "pipeline.evaluate",
-          "pipeline.submit", "pipeline.leaderboard", "pipeline.visualize",
+          "pipeline.submit", "pipeline.leaderboard", "pipeline.visualize", "pipeline.pseudo",
           "pipeline.benchmark.__main__"}
 CLI = STAGES | {"pipeline.cli"} | {m for m in all_modules()
                                     if m.startswith("pipeline.benchmark")}
 
 # Layers in data-flow order: a module may import its own layer and the layers listed for it.
 FOUNDATION = {"pipeline", "pipeline.resources", "pipeline.errors", "pipeline.typed", "pipeline.config",
-              "pipeline.atomic", "pipeline.figures", "pipeline.fingerprint", "pipeline.device",
+              "pipeline.atomic", "pipeline.faults", "pipeline.figures", "pipeline.fingerprint",
+              "pipeline.device",
               "pipeline.distributed", "pipeline.runs", "pipeline.records", "pipeline.kaggle",
               "pipeline.rle", "pipeline.metrics", "pipeline.losses", "pipeline.postprocess"}
 LAYERS = {  # package -> the packages it may use besides the foundation and itself
@@ -32,6 +33,7 @@ LAYERS = {  # package -> the packages it may use besides the foundation and itse
     "pipeline.evaluation": {"pipeline.data", "pipeline.models", "pipeline.inference"},
     "pipeline.submission": {"pipeline.data", "pipeline.models", "pipeline.inference"},
     "pipeline.visuals": {"pipeline.data", "pipeline.models", "pipeline.inference"},
+    "pipeline.pseudo_labels": {"pipeline.data", "pipeline.models", "pipeline.inference"},
     "pipeline.ranking": set(),
 }
 # Modules over ~300 lines, each with the one job that needs the length.

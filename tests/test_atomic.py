@@ -108,3 +108,14 @@ def test_a_failed_rename_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypa
         writer(path, value)
     assert path.read_bytes() == b"old"
     assert _leftovers(tmp_path) == []
+
+
+def test_the_next_write_removes_what_a_killed_write_left(tmp_path):
+    """A kill -9 between writing and renaming leaves a hidden temporary; the next write of the
+    same file removes it, and never a temporary of another file."""
+    stale = tmp_path / ".a.json.k3j9x_2q.tmp"
+    other = tmp_path / ".a.json.part.ab12cd34.tmp"  # belongs to 'a.json.part'
+    for p in (stale, other):
+        p.write_text("half")
+    write_json(tmp_path / "a.json", {"x": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "a.json"]

@@ -5,7 +5,6 @@ two-process torchrun run equal to one process."""
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -13,9 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from conftest import tiny_overrides
 from typer.testing import CliRunner
 
+from pipeline.data.splits import split_id
 from pipeline.evaluate import app
 from pipeline.records import CVSummary, read_record
 from pipeline.runs import Roots
@@ -24,12 +25,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def two_folds(tiny_trained, tmp_path_factory) -> Path:
-    """A checkpoints root holding the tiny trained model as both fold 0's and fold 1's."""
+def two_folds(tiny_trained, tiny_folds, tmp_path_factory) -> Path:
+    """A checkpoints root holding the tiny trained model as both fold 0's and fold 1's (each
+    copy records the split of its folder, or evaluate would refuse it as leakage)."""
     roots = Roots(checkpoints=tmp_path_factory.mktemp("eval_cli") / "ck")
     for fold in (0, 1):
         roots.run("tiny", fold).checkpoint_dir.mkdir(parents=True)
-        shutil.copy(tiny_trained.best, roots.run("tiny", fold).best)
+        ckpt = torch.load(tiny_trained.best, weights_only=False)
+        ckpt["split"] = split_id(fold, tiny_folds)
+        torch.save(ckpt, roots.run("tiny", fold).best)
     return roots.checkpoints
 
 

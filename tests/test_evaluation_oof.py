@@ -5,6 +5,7 @@ missing folds file."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import pandas as pd
 import pytest
@@ -12,10 +13,11 @@ import torch
 from conftest import tiny_config
 
 from pipeline.config import Config
-from pipeline.data.io import read_mask
+from pipeline.data.io import read_mask, write_mask_gif
 from pipeline.data.layout import train_index
-from pipeline.data.splits import load_folds
+from pipeline.data.splits import load_folds, split_id, write_folds
 from pipeline.errors import PipelineError
+from pipeline.evaluation import oof
 from pipeline.evaluation.oof import evaluate_all_images, evaluate_oof
 from pipeline.models import build_model
 from pipeline.models.checkpoint import save_checkpoint
@@ -90,6 +92,42 @@ def test_finished_folds_are_reused_until_something_changes(setup, tmp_path, monk
     other = dataclasses.replace(cfg, predict=dataclasses.replace(cfg.predict, threshold=0.4))
     with pytest.raises(AssertionError, match="predicted again"):
         evaluate_oof(other, *args, model=setup["model"], progress=False)
+
+
+def test_a_changed_mask_or_precision_is_not_resumed(setup, tmp_path):
+    """Review defect 9: the fold's key holds the mask bytes and the resolved precision."""
+    data = tmp_path / "data"
+    shutil.copytree(setup["data"], data)
+    args = (setup["folds_csv"], tmp_path / "report")
+    first = evaluate_oof(setup["cfg"], data, *args, model=setup["model"], progress=False)
+    mask_path = train_index(data)["mask_path"].iloc[0]
+    mask = read_mask(mask_path)
+    write_mask_gif(mask_path, 1 - mask)  # same name, same size class: other content
+    again = evaluate_oof(setup["cfg"], data, *args, model=setup["model"], progress=False)
+    changed = first.scores.set_index("img")["dice"] != again.scores.set_index("img")["dice"]
+    assert changed.sum() == 1
+    settings = oof.resume_key(setup["cfg"].predict, torch.device("cpu"), data,
+                              train_index(data).head(2))[0]
+    assert settings["precision"] in ("fp32", "bf16") and settings["device"] == "cpu"
+
+
+def test_a_checkpoint_is_never_scored_on_another_split(setup, tmp_path, capsys):
+    """Review defect 7: scoring fold 0's model with a folds file in which fold 0 holds other
+    cars (images it trained on) is refused; an old checkpoint without a record is warned."""
+    cfg = setup["cfg"]
+    roots = Roots(checkpoints=tmp_path / "ck")
+    save_checkpoint(roots.run("tiny", 0).best, constant_model(cfg, -30.0), cfg,
+                    split=split_id(0, setup["folds_csv"]))
+    swapped = setup["folds"].assign(fold=lambda f: f["fold"].map({0: 1, 1: 0}))
+    other = write_folds(swapped, tmp_path / "other.csv")
+    with pytest.raises(PipelineError, match="was validated on fold 0 of .*not on fold 0 of"):
+        evaluate_oof(cfg, setup["data"], other, tmp_path / "r1", model=roots.model("tiny"),
+                     progress=False)
+    evaluate_oof(cfg, setup["data"], setup["folds_csv"], tmp_path / "r2",
+                 model=roots.model("tiny"), progress=False)
+    evaluate_oof(cfg, setup["data"], setup["folds_csv"], tmp_path / "r3",
+                 model=setup["model"], progress=False)  # no split recorded: a warning
+    assert "records no split" in capsys.readouterr().err
 
 
 def test_all_images_mode_scores_an_ensemble_on_a_labelled_folder(setup):

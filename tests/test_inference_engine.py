@@ -223,3 +223,9 @@ def test_iter_predictions_in_order_with_workers_equal_to_naive_loop(tiny_data, c
              for p in paths]
     agreement = dice_per_image((probs > 0.5).numpy(), np.stack(naive))
     assert agreement.mean() > 0.95
+
+
+def test_the_unwired_refiner_is_refused_not_ignored(tiny_trained):
+    cfg = PredictConfig(refiner=True)
+    with pytest.raises(PipelineError, match="not wired into prediction yet"):
+        load_ensemble([tiny_trained.best], "cpu", cfg)

@@ -45,6 +45,20 @@ def test_dice_accepts_a_channel_axis_and_nonzero_as_car():
     np.testing.assert_allclose(dice_per_image(pred, TARGET[:, None]), [0.8, 0.0])
 
 
+@pytest.mark.parametrize("scale", [255, 0.7])
+def test_torch_dice_and_counts_binarise_like_numpy(scale):
+    """Non-zero is car on both paths: torch used to multiply raw values (255 * 255 gave a Dice
+    far from 0.8, 0.7 masks a soft Dice) where numpy compared with 0."""
+    pred, target = PRED.astype(np.float32) * scale, TARGET.astype(np.float32) * scale
+    np.testing.assert_allclose(dice_per_image(pred, target), [0.8, 0.0])
+    torch.testing.assert_close(dice_per_image(torch.from_numpy(pred), torch.from_numpy(target)),
+                               torch.tensor([0.8, 0.0]))
+    counts = confusion_counts(torch.from_numpy(pred), torch.from_numpy(target))
+    assert counts.tolist() == pytest.approx([2, 2, 3, 9, 0.8, 2])
+    as_uint8 = confusion_counts(torch.from_numpy(PRED * 255), torch.from_numpy(TARGET * 255))
+    torch.testing.assert_close(as_uint8, counts)
+
+
 def test_confusion_counts_by_hand():
     counts = confusion_counts(torch.from_numpy(PRED), torch.from_numpy(TARGET))
     assert counts.dtype == torch.float64 and counts.shape == (6,)

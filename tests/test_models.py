@@ -343,3 +343,62 @@ def test_unknown_encoder_is_one_short_line():
 def test_bad_unet_options_are_rejected(change, word):
     with pytest.raises(PipelineError, match=word):
         build_model(tiny_unet(**change))
+
+
+# --------------------------------------------------------------------------- pretrained encoders
+
+
+def _encoder_file(tmp_path, encoder: str = "resnet18", name: str = "enc.pth") -> Path:
+    """An encoder state_dict saved the way the README says (here from a random encoder)."""
+    import segmentation_models_pytorch as smp
+
+    torch.manual_seed(123)
+    path = tmp_path / name
+    torch.save(smp.Unet(encoder, encoder_weights=None).encoder.state_dict(), path)
+    return path
+
+
+def test_a_local_encoder_file_loads_without_network(tmp_path, no_network):
+    path = _encoder_file(tmp_path)
+    torch.manual_seed(0)  # another random init: only the file can make the weights equal
+    model = build_model(ModelConfig(arch="Unet", encoder="resnet18", encoder_weights=str(path)))
+    saved = torch.load(path, weights_only=True)
+    loaded = model.model.encoder.state_dict()
+    assert set(loaded) == set(saved)
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+    assert no_network == []
+
+
+def test_named_weights_still_go_to_smp(no_network):
+    # "imagenet" is SMP's to download: offline, that is one line, and the guard saw the attempt
+    with pytest.raises(PipelineError) as err:
+        build_model(ModelConfig(arch="Unet", encoder="resnet18", encoder_weights="imagenet"))
+    assert "encoder_weights=imagenet" in str(err.value) and "\n" not in str(err.value)
+    assert no_network, "SMP did not try to download imagenet weights"
+    no_network.clear()
+
+
+@pytest.mark.parametrize("case", ["missing", "other encoder", "not a state_dict", "junk"])
+def test_a_wrong_encoder_file_is_one_line_naming_it(tmp_path, no_network, case):
+    path = tmp_path / "enc.pth"
+    if case == "other encoder":
+        path = _encoder_file(tmp_path, "resnet34")  # resnet18 has fewer blocks
+    elif case == "not a state_dict":
+        torch.save({"epoch": 3}, path)
+    elif case == "junk":
+        path.write_bytes(b"not a torch file")
+    cfg = ModelConfig(arch="Unet", encoder="resnet18", encoder_weights=str(path))
+    with pytest.raises(PipelineError) as err:
+        build_model(cfg)
+    message = str(err.value)
+    assert f"model.encoder_weights file {path}" in message
+    assert "\n" not in message and len(message) < 400
+    if case == "other encoder":
+        assert "unexpected key(s) (e.g. layer" in message
+
+
+def test_encoder_weights_names_and_paths_are_told_apart():
+    from pipeline.models.factory import is_weights_file
+
+    assert not any(map(is_weights_file, [None, "", "imagenet", "ssl", "imagenet+background"]))
+    assert all(map(is_weights_file, ["r34.pth", "w/r34", "/abs/enc.pt", "e.safetensors"]))

@@ -122,3 +122,28 @@ def test_saved_weights_are_unwrapped(tmp_path):
     loaded, _ = load_model(path)
     for a, b in zip(loaded.state_dict().values(), model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("weights", ["imagenet", "deleted file"])
+def test_loading_a_checkpoint_never_downloads_or_reads_encoder_weights(
+        tmp_path, no_network, weights):
+    # The checkpoint's state_dict overwrites pretrained weights anyway: rebuilding the model
+    # must work offline (imagenet) and after the weights file is gone.
+    import segmentation_models_pytorch as smp
+
+    built = ModelConfig(arch="Unet", encoder="resnet18")
+    if weights == "deleted file":
+        file = tmp_path / "enc.pth"
+        torch.save(smp.Unet("resnet18", encoder_weights=None).encoder.state_dict(), file)
+        built = dataclasses.replace(built, encoder_weights=str(file))
+        model = build_model(built)
+        file.unlink()
+    else:
+        model = build_model(built)  # as if trained from imagenet where there was internet
+        built = dataclasses.replace(built, encoder_weights="imagenet")
+    path = save_checkpoint(tmp_path / "ckpt.pt", model, Config(model=built))
+    loaded, ckpt = load_model(path)
+    assert model_config_of(ckpt, path).encoder_weights == built.encoder_weights  # kept as saved
+    for (name, a), b in zip(loaded.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert no_network == []

@@ -88,6 +88,26 @@ def test_torch_encoder_matches_numpy_on_a_batch():
     assert rle.encode_torch(torch.from_numpy(masks.astype(np.uint8))) == expected
 
 
+@pytest.mark.parametrize("kind", ["probabilities", "uint8 255", "bool", "int8 -1"])
+def test_numpy_and_torch_encoders_agree_that_nonzero_is_foreground(kind):
+    """The torch encoder cast to int8 first: 255 became -1 (its runs still found) but 0.7
+    became 0 (runs lost). Both encoders now agree with the reference on the binary mask."""
+    rng = np.random.default_rng(2)
+    binary = rng.random((4, 6, 11)) < 0.5
+    binary[0] = False
+    binary[1, :, -3:] = True  # runs touching the last pixel
+    masks = {
+        "probabilities": np.where(binary, rng.uniform(0.01, 0.99, binary.shape), 0.0)
+        .astype(np.float32),
+        "uint8 255": binary.astype(np.uint8) * 255,
+        "bool": binary,
+        "int8 -1": -binary.astype(np.int8),
+    }[kind]
+    expected = [rle.encode_reference(m.astype(np.uint8)) for m in binary]
+    assert [rle.encode(m) for m in masks] == expected
+    assert rle.encode_torch(torch.from_numpy(masks)) == expected
+
+
 def test_decode_rejects_runs_outside_the_image():
     with pytest.raises(ValueError, match="outside"):
         rle.decode("20 5", (4, 5))

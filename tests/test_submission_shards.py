@@ -13,12 +13,13 @@ import pytest
 from pipeline.errors import PipelineError
 from pipeline.submission.shards import (
     ShardWriter,
-    part_files,
-    recompress,
     gzip_member,
     merge_shards,
+    part_files,
+    recompress,
     shard_done,
     shard_path,
+    wait_for_shards,
 )
 
 
@@ -140,3 +141,12 @@ def test_merge_validates_then_removes_every_part_file(tmp_path):
     merge_shards(shards, out, ["x", "y"], (4, 5), 2)
     assert gzip.decompress(out.read_bytes()) == b"img,rle_mask\nx,1 1\ny,\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.csv.gz"]
+
+
+def test_waiting_for_a_shard_that_never_grows_is_one_line(tmp_path):
+    """Review defect 5: a rank writing to another machine's disk is never seen; the wait ends
+    after ``stall_s`` without progress instead of polling forever."""
+    out = tmp_path / "s.csv.gz"
+    missing = shard_path(out, 1, 2)
+    with pytest.raises(PipelineError, match="no progress for 0.2 s from 1 other rank"):
+        wait_for_shards([missing], ["k"], [3], stall_s=0.2, poll_s=0.05)

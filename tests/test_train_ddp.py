@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from pipeline.models.checkpoint import load_checkpoint
@@ -15,9 +16,9 @@ from pipeline.models.checkpoint import load_checkpoint
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_torchrun_two_processes_on_gloo(tiny_data, tiny_folds, tiny_cache, tmp_path):
-    folds = tiny_folds
+def torchrun_train(tmp_path: Path, tiny_data: Path, tiny_cache: Path, folds: Path,
+                   timeout: float = 180) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node 2 -m pipeline.train`` on the tiny data, on CPU (gloo)."""
     config = tmp_path / "tiny.yaml"
     config.write_text(
         f"data: {{root: {tiny_data}, cache_dir: {tiny_cache}}}\n"
@@ -30,8 +31,13 @@ def test_torchrun_two_processes_on_gloo(tiny_data, tiny_folds, tiny_cache, tmp_p
            "-m", "pipeline.train", "--fold", "0", "-c", str(config), "--folds", str(folds),
            "--checkpoints", str(tmp_path / "ck"), "--metrics", str(tmp_path / "me"),
            "--live", str(tmp_path / "dl"), "--no-progress"]
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180,
-                          check=False)
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_gloo(tiny_data, tiny_folds, tiny_cache, tmp_path):
+    done = torchrun_train(tmp_path, tiny_data, tiny_cache, tiny_folds)
     assert done.returncode == 0, done.stdout + done.stderr
     # only rank 0 reports and writes
     assert done.stdout.count("wrote ") == 1 and done.stdout.count("epoch 2/2") == 1, done.stdout
@@ -45,3 +51,20 @@ def test_torchrun_two_processes_on_gloo(tiny_data, tiny_folds, tiny_cache, tmp_p
     # each rank saw 3 batches of 4: 24 training images per epoch in all
     history = last["train_state"]["progress"]["history"]
     assert [round(r["images_per_s"] * r["train_seconds"]) for r in history] == [24, 24]
+
+
+@pytest.mark.slow
+def test_a_rank_without_validation_images_does_not_hang(tiny_data, tiny_folds, tiny_cache,
+                                                       tmp_path):
+    """Review defect 6: with one validation image, rank 1 validates nothing; a forward through
+    the DDP wrapper (a collective) would leave rank 0 waiting for it forever."""
+    folds = pd.read_csv(tiny_folds)
+    cars = sorted(folds["car_id"].unique())
+    one = folds[folds["car_id"] == cars[0]].head(1).assign(fold=0)
+    rest = folds[folds["car_id"] != cars[0]].assign(fold=1)
+    path = tmp_path / "one_val.csv"
+    pd.concat([one, rest]).to_csv(path, index=False)
+    done = torchrun_train(tmp_path, tiny_data, tiny_cache, path, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    metrics = json.loads((tmp_path / "me" / "tiny" / "fold0.json").read_text())
+    assert metrics["val_images"] == 1

@@ -15,7 +15,7 @@ import torch
 from conftest import tiny_config, tiny_overrides, tiny_run
 
 from pipeline.config import load_config
-from pipeline.data.cache import build_cache, cache_paths
+from pipeline.data.cache import build_cache, cache_key, cache_paths
 from pipeline.data.layout import train_index
 from pipeline.errors import PipelineError
 from pipeline.models.checkpoint import checkpoint_config, load_checkpoint, load_model
@@ -36,6 +36,21 @@ def timeless(history: list[dict]) -> list[dict]:
 
 def history_of(run: RunPaths) -> list[dict]:
     return load_checkpoint(run.last)["train_state"]["progress"]["history"]
+
+
+def train_interrupted(cfg, folds, run: RunPaths, monkeypatch) -> None:
+    """Train until ``last.pt`` of the first epoch is written, then stop as Ctrl-C (or
+    kill -9) would."""
+    real_log = trainer.log_epoch
+
+    def crash_after_first_epoch(row, epochs):
+        real_log(row, epochs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "log_epoch", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, 0, folds_path=folds, run=run, progress=False)
+    monkeypatch.setattr(trainer, "log_epoch", real_log)
 
 
 # --------------------------------------------------------------------------- train()
@@ -84,17 +99,8 @@ def test_resume_ends_in_the_same_state_as_an_uninterrupted_run(tiny_data, tiny_f
     train(cfg, 0, folds_path=tiny_folds, run=straight, progress=False)
 
     interrupted = tiny_run(tmp_path, "interrupted")
-    real_log = trainer.log_epoch
-
-    def crash_after_first_epoch(row, epochs):
-        real_log(row, epochs)
-        raise KeyboardInterrupt  # like Ctrl-C (or kill -9) once last.pt of epoch 1 is written
-
-    monkeypatch.setattr(trainer, "log_epoch", crash_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, 0, folds_path=tiny_folds, run=interrupted, progress=False)
+    train_interrupted(cfg, tiny_folds, interrupted, monkeypatch)
     assert load_checkpoint(interrupted.last)["epoch"] == 0
-    monkeypatch.setattr(trainer, "log_epoch", real_log)
     resumed = train(cfg, 0, folds_path=tiny_folds, run=interrupted, progress=False,
                     resume=True)
 
@@ -255,15 +261,161 @@ def test_unreadable_image_keeps_earlier_outputs(tiny_data, tiny_folds, tmp_path)
 
 
 def test_error_inside_a_dataloader_worker_is_one_line(tiny_data, tiny_folds, tmp_path):
+    """A cached PNG damaged after the cache check (as a disk error would, its time kept) is
+    rebuilt by the worker that reads it: the cache is a copy of the sources, so a damaged
+    copy costs one decode, not the run (this test used to expect a one-line error naming the
+    cached file). When its source is damaged too, the worker's error is one line naming it."""
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
     cache = tmp_path / "cache"
-    rows = train_index(tiny_data)
+    rows = train_index(root)
     build_cache(rows, 64, 96, cache, progress=False)
     img = pd.read_csv(tiny_folds).query("fold == 1")["img"].iloc[0]  # a training image
-    cached, _ = cache_paths(img, 64, 96, cache)
-    stamp = cached.stat()
-    cached.write_bytes(b"garbage")  # corrupt after the cache check, as a disk error would
-    os.utime(cached, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
-    cfg = tiny_config(tiny_data, cache, num_workers=1, max_steps=0, augment=False)
+    rec = rows.set_index("img").loc[img]
+    cached, _ = cache_paths(img, 64, 96, cache, cache_key(rec["image_path"], rec["mask_path"]))
+
+    def damage(path: Path) -> None:
+        stamp = path.stat()
+        path.write_bytes(path.read_bytes()[:100])
+        os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+
+    damage(cached)
+    cfg = tiny_config(root, cache, num_workers=1, max_steps=0, augment=False, epochs=1)
+    train(cfg, 0, folds_path=tiny_folds, run=tiny_run(tmp_path, "rebuilt"), progress=False)
+    assert cached.stat().st_size > 100  # rebuilt, and whole again
+
+    damage(cached)
+    damage(Path(rec["image_path"]))
     with pytest.raises(PipelineError) as exc:
         train(cfg, 0, folds_path=tiny_folds, run=tiny_run(tmp_path), progress=False)
-    assert str(cached) in _one_line(exc) and "Traceback" not in str(exc.value)
+    assert rec["image_path"] in _one_line(exc) and "Traceback" not in str(exc.value)
+
+
+def test_a_resumed_budget_run_keeps_its_plan_and_learning_rate(tiny_data, tiny_folds,
+                                                               tiny_cache, tmp_path,
+                                                               monkeypatch, capsys):
+    """Review defect 3: the plan in force before a crash (5 of 6 batches) is restored from
+    last.pt, so the resumed run trains the same batches at the same learning rates."""
+    monkeypatch.setattr(budget, "PROBE_STEPS", 1)
+    monkeypatch.setattr(budget, "PROBE_SKIP", 0)
+    monkeypatch.setattr(budget, "plan_batches", lambda *a, **k: min(5, a[2]))
+    cfg = tiny_config(tiny_data, tiny_cache, epochs=3, time_budget_min=1, augment=False)
+    straight = tiny_run(tmp_path, "straight")
+    train(cfg, 0, folds_path=tiny_folds, run=straight, progress=False)
+    out = capsys.readouterr().out
+    assert "epoch 1/2 " in out and "/3 " not in out  # defect 13: the planned epochs
+
+    interrupted = tiny_run(tmp_path, "interrupted")
+    train_interrupted(cfg, tiny_folds, interrupted, monkeypatch)
+    # after the resume the pace would allow every batch: the plan must not grow back
+    monkeypatch.setattr(budget, "plan_batches", lambda *a, **k: a[2])
+    train(cfg, 0, folds_path=tiny_folds, run=interrupted, progress=False, resume=True)
+    a, b = history_of(straight), history_of(interrupted)
+    assert [r["train_batches"] for r in a] == [r["train_batches"] for r in b] == [3, 2]
+    assert [r["lr"] for r in a] == [r["lr"] for r in b]
+    assert b[-1]["lr"] == pytest.approx(cfg.train.min_lr)
+
+
+class NaNAfter(torch.nn.Module):
+    """A loss that turns NaN from its ``n``-th training call on (validation runs without
+    gradients and is not counted)."""
+
+    def __init__(self, inner, n: int):
+        super().__init__()
+        self.inner, self.n, self.calls = inner, n, 0
+
+    def forward(self, logits, target):
+        loss = self.inner(logits, target)
+        if torch.is_grad_enabled():
+            self.calls += 1
+            if self.calls >= self.n:
+                return loss * float("nan")
+        return loss
+
+
+def test_a_nan_loss_stops_with_one_line_naming_the_last_good_checkpoint(
+        tiny_data, tiny_folds, tiny_cache, tmp_path, monkeypatch):
+    cfg = tiny_config(tiny_data, tiny_cache, epochs=3, max_steps=2)
+    real = trainer.build_loss
+    monkeypatch.setattr(trainer, "build_loss", lambda tc: NaNAfter(real(tc), 4))  # epoch 2
+    run = tiny_run(tmp_path)
+    with pytest.raises(PipelineError) as exc:
+        train(cfg, 0, folds_path=tiny_folds, run=run, progress=False)
+    line = _one_line(exc)
+    assert "epoch 2/3" in line and "loss is nan at batch 2" in line, line
+    assert f"last good checkpoint is {run.last} (epoch 1)" in line, line
+    last = load_checkpoint(run.last)
+    assert last["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values()
+               if v.dtype.is_floating_point)
+
+
+def test_ema_weights_are_validated_and_kept_in_best(tiny_data, tiny_folds, tiny_cache,
+                                                    tmp_path):
+    cfg = tiny_config(tiny_data, tiny_cache, epochs=2, max_steps=3, ema=0.9)
+    run = tiny_run(tmp_path)
+    train(cfg, 0, folds_path=tiny_folds, run=run, progress=False)
+    best, last = load_checkpoint(run.best), load_checkpoint(run.last)
+    averaged = last["train_state"]["ema"]["weights"]
+    assert last["train_state"]["ema"]["steps"] == 6
+    raw = last["state_dict"]
+    floats = [k for k, v in raw.items() if v.dtype.is_floating_point]
+    assert any(not torch.equal(raw[k], averaged[k]) for k in floats)  # the average is not raw
+    if best["epoch"] == last["epoch"]:
+        for k in raw:
+            assert torch.equal(best["state_dict"][k], averaged[k]), k
+    # the record's val Dice is the average's: re-scoring best.pt gives it back
+    assert best["metrics"]["val_dice"] == max(r["val_dice"] for r in history_of(run))
+
+
+def test_ema_resume_equals_an_uninterrupted_run(tiny_data, tiny_folds, tiny_cache, tmp_path,
+                                                monkeypatch):
+    cfg = tiny_config(tiny_data, tiny_cache, epochs=2, max_steps=2, ema=0.9)
+    straight = tiny_run(tmp_path, "straight")
+    train(cfg, 0, folds_path=tiny_folds, run=straight, progress=False)
+    interrupted = tiny_run(tmp_path, "interrupted")
+    train_interrupted(cfg, tiny_folds, interrupted, monkeypatch)
+    train(cfg, 0, folds_path=tiny_folds, run=interrupted, progress=False, resume=True)
+    a, b = load_checkpoint(straight.last), load_checkpoint(interrupted.last)
+    for k, v in a["train_state"]["ema"]["weights"].items():
+        assert torch.equal(v, b["train_state"]["ema"]["weights"][k]), k
+
+
+def test_init_from_starts_from_the_weights_at_a_larger_size(tiny_data, tiny_folds, tiny_cache,
+                                                            tmp_path):
+    small = tiny_run(tmp_path, "small")
+    train(tiny_config(tiny_data, tiny_cache, epochs=1, max_steps=2), 0, folds_path=tiny_folds,
+          run=small, progress=False)
+    cfg = tiny_config(tiny_data, tiny_cache, epochs=1, max_steps=1, height=96, width=128,
+                      init_from=str(small.best))
+    parts = trainer.build_parts(cfg, trainer.DistInfo(), steps_per_epoch=1)
+    start = load_checkpoint(small.best)["state_dict"]
+    for k, v in parts.model.state_dict().items():
+        assert torch.equal(v, start[k]), k
+    large = tiny_run(tmp_path, "large")
+    record = train(cfg, 0, folds_path=tiny_folds, run=large, progress=False)
+    assert (record.height, record.width) == (96, 128)
+    stored = checkpoint_config(load_checkpoint(large.best))
+    assert stored.train.init_from == str(small.best) and stored.train.height == 96
+    model, _ = load_model(large.best)
+    assert model(torch.zeros(1, 3, 96, 128)).shape == (1, 1, 96, 128)
+
+
+def test_init_from_another_model_is_one_line(tiny_data, tiny_folds, tiny_cache, tmp_path):
+    small = tiny_run(tmp_path, "small")
+    train(tiny_config(tiny_data, tiny_cache, epochs=1, max_steps=1), 0, folds_path=tiny_folds,
+          run=small, progress=False)
+    other = load_config([], tiny_overrides(tiny_data, tiny_cache, epochs=1,
+                                           init_from=str(small.best)) + ["model.depth=3"])
+    with pytest.raises(PipelineError, match="init_from holds another model"):
+        train(other, 0, folds_path=tiny_folds, run=tiny_run(tmp_path, "b"), progress=False)
+
+
+def test_checkpoints_record_their_split(tiny_data, tiny_folds, tiny_cache, tmp_path):
+    run = tiny_run(tmp_path)
+    train(tiny_config(tiny_data, tiny_cache, epochs=1, max_steps=1), 0, folds_path=tiny_folds,
+          run=run, progress=False)
+    for path in (run.best, run.last):
+        split = load_checkpoint(path)["split"]
+        assert split["fold"] == 0 and split["folds_file"] == str(tiny_folds)
+        assert len(split["val_images"]) == 16

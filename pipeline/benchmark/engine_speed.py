@@ -60,16 +60,17 @@ TEST_IMAGES = 100_064
 
 def naive_predict(model, path: str | Path, size: tuple[int, int], tta: Sequence[str],
                   threshold: float = 0.5, out_shape=(FULL_HEIGHT, FULL_WIDTH)) -> str:
-    """The naive loop for one image: RLE of the TTA-averaged, CPU-upsampled probability."""
+    """The naive loop for one image: RLE of the TTA-averaged, CPU-upsampled probability (the
+    forward passes run on the model's device)."""
     with Image.open(path) as im:
         rgb = np.asarray(im.convert("RGB").resize((size[1], size[0]), Image.BILINEAR))
-    x = normalize(rgb)[None]
+    x = normalize(rgb)[None].to(next(model.parameters()).device)
     probs = []
     for dims in tta_dims(tta):
         with torch.no_grad():
             logits = model(x.flip(dims) if dims else x)
         logits = logits.flip(dims) if dims else logits
-        p = torch.sigmoid(logits.float())[0, 0].numpy()
+        p = torch.sigmoid(logits.float())[0, 0].cpu().numpy()
         probs.append(cv2.resize(p, (out_shape[1], out_shape[0]), interpolation=cv2.INTER_LINEAR))
     mask = (np.mean(probs, axis=0) > threshold).astype(np.uint8)
     return rle.encode_reference(mask)

@@ -27,8 +27,8 @@ import typer
 from pipeline.atomic import write_json, write_text
 from pipeline.errors import PipelineError, one_line_errors
 from pipeline.figures import pyplot, save_figure
-from pipeline.models.checkpoint import load_checkpoint, model_config_of
-from pipeline.models.factory import build_model, count_parameters
+from pipeline.models.checkpoint import load_checkpoint, model_skeleton
+from pipeline.models.factory import count_parameters
 from pipeline.records import CVSummary, TrainRecord, read_record
 from pipeline.runs import ModelPaths, Roots
 
@@ -106,7 +106,7 @@ def _checkpoint_params(paths: ModelPaths) -> int | None:
     found = list(paths.fold_checkpoints().values())
     if not found:
         return None
-    return count_parameters(build_model(model_config_of(load_checkpoint(found[0]), found[0])))
+    return count_parameters(model_skeleton(load_checkpoint(found[0]), found[0]))
 
 
 def sort_rows(rows: Sequence[dict]) -> list[dict]:

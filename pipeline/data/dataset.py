@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pipeline.config import TrainConfig
-from pipeline.data.cache import cache_paths, records_of
+from pipeline.data.cache import read_cached, records_of
 from pipeline.data.io import read_image, read_mask
 from pipeline.data.transforms import normalize, resize_image, resize_mask
 
@@ -58,8 +58,9 @@ class SegmentationDataset(Dataset):
     """(image float 3xHxW normalised, mask float 1xHxW in {0, 1}) for rows of the train index.
 
     ``items``: rows with ``image_path`` and ``mask_path`` (a DataFrame or dicts). With
-    ``cache_dir`` the resized copies from :func:`build_cache` are read (build it first);
-    without, sources are decoded and resized on every access.
+    ``cache_dir`` the resized copies from :func:`build_cache` are read (build it first: a
+    missing or damaged copy is rebuilt on access, one at a time); without, sources are decoded
+    and resized on every access.
 
     Augmentation is seeded per sample from (``seed``, epoch, index), so it does not depend on
     worker count, rank or history: a resumed run sees the same images as an uninterrupted one.
@@ -101,10 +102,8 @@ class SegmentationDataset(Dataset):
             image = resize_image(read_image(rec["image_path"]), self.height, self.width)
             mask = resize_mask(read_mask(rec["mask_path"]), self.height, self.width)
             return image, mask
-        image_png, mask_png = cache_paths(
-            Path(rec["image_path"]).name, self.height, self.width, self.cache_dir
-        )
-        return read_image(image_png), read_mask(mask_png)
+        return read_cached(rec["image_path"], rec["mask_path"], self.height, self.width,
+                           self.cache_dir)
 
     def __getitem__(self, i: int):
         image, mask = self.load(i)

@@ -11,6 +11,7 @@ Output: ``folds/folds.csv`` with columns ``img, car_id, angle, make, fold``.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +141,32 @@ def fold_rows(index: pd.DataFrame, folds: pd.DataFrame, fold: int, folds_path: P
     fold_of = folds.set_index("img")["fold"]
     return tuple(select_rows(index, imgs, folds_path, root).assign(
         fold=lambda r: r["img"].map(fold_of).astype(int)) for imgs in (train, val))
+
+
+def split_id(fold: int, folds_path: str | Path) -> dict:
+    """What a checkpoint records about its split: the fold, the folds file, and a hash of the
+    fold's validation image names (the images it must be scored on, and only those)."""
+    _, val = split(load_folds(folds_path), fold)
+    digest = hashlib.sha256("\n".join(sorted(val)).encode()).hexdigest()[:16]
+    return {"fold": fold, "folds_file": str(folds_path), "val_images": digest}
+
+
+def check_split(recorded: dict | None, fold: int, folds_path: str | Path,
+                checkpoint: str | Path) -> str | None:
+    """Refuse to score ``checkpoint`` on fold ``fold`` of ``folds_path`` when it was validated
+    on other images (it may have trained on these: out-of-fold leakage). Returns a warning for
+    an old checkpoint without a record, None when it matches."""
+    if recorded is None:
+        return (f"{checkpoint}: records no split (made before splits were recorded); cannot "
+                f"check that it never trained on fold {fold} of {folds_path}")
+    mine = split_id(fold, folds_path)
+    if recorded.get("fold") != fold or recorded.get("val_images") != mine["val_images"]:
+        raise PipelineError(
+            f"{checkpoint}: was validated on fold {recorded.get('fold')} of "
+            f"{recorded.get('folds_file')}, not on fold {fold} of {folds_path} (other "
+            "images): it may have trained on the images scored here; pass the folds file it "
+            "was trained with (--folds)")
+    return None
 
 
 def write_folds(folds: pd.DataFrame, path: str | Path) -> Path:

@@ -11,6 +11,7 @@ checkpoint, settings and images, so an interrupted run resumes at the next fold.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,13 +24,14 @@ from pipeline.atomic import atomic_path, write_json
 from pipeline.config import Config, PredictConfig
 from pipeline.data.io import image_shape
 from pipeline.data.layout import train_index
-from pipeline.data.splits import fold_rows, load_folds
+from pipeline.data.splits import check_split, fold_rows, load_folds
 from pipeline.device import resolve_precision
 from pipeline.distributed import DistInfo
 from pipeline.errors import PipelineError
 from pipeline.evaluation.score import SCORE_COLUMNS, Worst, score_distributed, summarize_dice
-from pipeline.fingerprint import fingerprint
+from pipeline.fingerprint import code_version, file_stats, fingerprint
 from pipeline.inference.engine import load_ensemble
+from pipeline.models.checkpoint import load_checkpoint
 from pipeline.records import CVSummary, PredictSettings
 from pipeline.runs import ModelPaths, fold_of
 from pipeline.typed import build
@@ -61,6 +63,17 @@ def predict_settings(p: PredictConfig, device: torch.device) -> PredictSettings:
 
 
 # --------------------------------------------------------------------------- resume
+
+
+def resume_key(p: PredictConfig, device: torch.device, data_root: str | Path,
+               rows: pd.DataFrame) -> tuple:
+    """What a fold's scores depend on besides the checkpoint: the settings with the precision
+    resolved for ``device``, the code, the data root, the images (size and time) and the masks
+    (their bytes)."""
+    settings = predict_settings(p, device)
+    return (vars(settings), code_version(), str(Path(data_root).resolve()),
+            rows["img"].tolist(), file_stats(rows["image_path"]),
+            fingerprint(list(rows["mask_path"])))
 
 
 def _fold_cache(report_dir: Path, fold: int) -> tuple[Path, Path]:
@@ -136,8 +149,10 @@ def evaluate_oof(
                             "the data root (train/, train_masks/)")
         if rows.empty:
             continue
-        key = fingerprint([ckpt], (p.tta, p.threshold, p.largest_component, p.precision),
-                          out_shape, rows["img"].tolist())
+        warning = check_split(load_checkpoint(ckpt).get("split"), fold, folds_path, ckpt)
+        if warning and dist.is_main:
+            print(f"warning: {warning}", file=sys.stderr)
+        key = fingerprint([ckpt], resume_key(p, dist.device, data_root, rows), out_shape)
         cached = _load_cached(report_dir, fold, key)
         if cached is None:
             ensemble = load_ensemble([ckpt], dist.device, p)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import rle
+from pipeline import faults, rle
 from pipeline.config import PredictConfig
 from pipeline.distributed import DistInfo, block_range, gather
 from pipeline.inference.engine import Ensemble, iter_predictions, to_masks
@@ -52,6 +52,7 @@ def score_images(
     preds = iter_predictions(ensemble, rows["image_path"].tolist(), cfg, device, out_shape,
                              mask_paths=rows["mask_path"].tolist(), progress=progress)
     for pred in preds:
+        faults.reached("evaluate.batch")
         masks = to_masks(pred.probs, cfg.threshold, cfg.largest_component)
         truth = pred.masks.bool()
         dice = dice_per_image(masks, truth).double().cpu().numpy()

@@ -126,6 +126,9 @@ def load_ensemble(
         raise PipelineError("no checkpoints to predict with; train first or pass --checkpoint")
     device = torch.device(device)
     cfg = cfg or PredictConfig()
+    if cfg.refiner:
+        raise PipelineError("predict.refiner=true: the edge refiner is not wired into "
+                            "prediction yet (pipeline/refine); set predict.refiner=false")
     members = []
     for path in checkpoints:
         model, ckpt = load_model(path, map_location=device)

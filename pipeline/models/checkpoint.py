@@ -9,12 +9,19 @@ A checkpoint is a dict saved with ``torch.save``:
     metrics       dict of floats, e.g. {"val_dice": 0.99}
     epoch         last completed epoch (0-based)
     train_state   optional: optimizer, scheduler, scaler, RNG states, for --resume
+    split         optional: {"fold", "folds_file", "val_images"}: the fold it was validated
+                  on and a hash of that fold's image names (data.splits.split_id), so that
+                  scoring it on images it trained on is refused
 
 Files are written to a temporary name and renamed, so a kill -9 never leaves half a checkpoint.
+A model rebuilt from a checkpoint never downloads or reads pretrained encoder weights
+(``model.encoder_weights``): its state_dict overwrites them anyway, and prediction must work
+offline and after the weights file is gone.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +31,7 @@ from torch import nn
 from pipeline.atomic import atomic_path
 from pipeline.config import Config, ModelConfig, from_dict, to_dict
 from pipeline.errors import PipelineError
-from pipeline.models.factory import build_model
+from pipeline.models.factory import build_model, without_pretrained
 
 FORMAT = 1
 
@@ -48,6 +55,7 @@ def save_checkpoint(
     metrics: dict[str, float] | None = None,
     epoch: int = -1,
     train_state: dict[str, Any] | None = None,
+    split: dict[str, Any] | None = None,
 ) -> Path:
     """Atomically write a checkpoint that rebuilds ``model`` without any other file."""
     payload = {
@@ -60,8 +68,15 @@ def save_checkpoint(
     }
     if train_state is not None:
         payload["train_state"] = train_state
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    if split is not None:
+        payload["split"] = split
+    # Serialised in memory, then written as plain bytes: on a full disk torch.save's own
+    # writer fails with an obscure RuntimeError, a plain write with ENOSPC, which
+    # atomic_path turns into one line while the previous checkpoint stays.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(buffer.getbuffer())
     return Path(path)
 
 
@@ -94,11 +109,17 @@ def checkpoint_label(path: str | Path) -> str:
     return model_config_of(load_checkpoint(path), path).label
 
 
+def model_skeleton(ckpt: dict, source: str | Path = "checkpoint") -> nn.Module:
+    """The checkpoint's network, randomly initialised and built without pretrained weights
+    (nothing downloaded or read): ready for ``load_state_dict(ckpt["state_dict"])``."""
+    return build_model(without_pretrained(model_config_of(ckpt, source)))
+
+
 def load_model(
     path: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict]:
     """Rebuild the model from the checkpoint alone and load its weights (eval mode)."""
     ckpt = load_checkpoint(path, map_location="cpu")
-    model = build_model(model_config_of(ckpt, path))
+    model = model_skeleton(ckpt, path)
     model.load_state_dict(ckpt["state_dict"])
     return model.to(map_location).eval(), ckpt

@@ -2,17 +2,27 @@
 
 ``arch: unet`` (lower case, exactly) builds :class:`pipeline.models.unet.UNet`; any other value
 is an SMP architecture name (``Unet``, ``UnetPlusPlus``, ``FPN``, ``DeepLabV3Plus``, ``Linknet``,
-``Segformer``, ...) built by ``smp.create_model`` with ``encoder`` and ``encoder_weights``
-(None by default: nothing is downloaded; ``imagenet`` needs internet). SMP models are wrapped
+``Segformer``, ...) built by ``smp.create_model`` with ``encoder`` and ``encoder_weights``:
+None by default (nothing is downloaded), a name such as ``imagenet`` (SMP downloads it: needs
+internet), or a local file (a path: ends in .pt/.pth/.bin/.safetensors or contains a slash)
+holding the encoder's state_dict, saved once where there is internet::
+
+    torch.save(smp.Unet("resnet34", encoder_weights="imagenet").encoder.state_dict(), "r34.pth")
+
+A local file is loaded (strictly) into ``model.encoder`` of a model built without weights; no
+network is touched. SMP models are wrapped
 in :class:`PadToMultiple`, so every model takes any H x W (1280 x 1918 included) and returns
 logits N x classes x H x W.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
+from pathlib import Path
 
+import torch
 from torch import nn
 
 from pipeline.config import ModelConfig
@@ -22,6 +32,7 @@ from pipeline.models.unet_parts import PadToMultiple
 
 HAND_WRITTEN = "unet"
 UPSAMPLE_MODES = ("transpose", "bilinear")
+WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 
 def smp_architectures() -> list[str]:
@@ -88,6 +99,62 @@ def _build_unet(cfg: ModelConfig) -> UNet:
     )
 
 
+def is_weights_file(encoder_weights: str | None) -> bool:
+    """True when ``model.encoder_weights`` names a local file rather than SMP weights."""
+    if not encoder_weights:
+        return False
+    return encoder_weights.endswith(WEIGHT_FILE_SUFFIXES) or "/" in encoder_weights
+
+
+def without_pretrained(cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` with ``encoder_weights=None``: the same network, randomly initialised, for a
+    model whose weights come from elsewhere (a checkpoint), so nothing is downloaded or read."""
+    return dataclasses.replace(cfg, encoder_weights=None)
+
+
+def load_encoder_file(encoder: nn.Module, path: str | Path, label: str = "model") -> None:
+    """Load a local encoder state_dict (torch.save or safetensors) strictly into ``encoder``;
+    a missing file, another format or other keys/shapes is one line naming the file."""
+    path = Path(path)
+    where = f"model config '{label}': model.encoder_weights file {path}"
+    if not path.is_file():
+        raise PipelineError(f"{where} not found; save it once where there is internet "
+                            "(torch.save(smp.Unet(ENC, encoder_weights='imagenet')"
+                            ".encoder.state_dict(), FILE)) or set model.encoder_weights=null")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 -- torch/safetensors raise many types for a bad file
+        raise PipelineError(f"{where} is not a readable state_dict ({type(exc).__name__}); "
+                            "save it with torch.save(model.encoder.state_dict(), FILE)") from None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise PipelineError(f"{where} is not an encoder state_dict (a mapping of names to "
+                            "tensors, e.g. model.encoder.state_dict())")
+    try:
+        encoder.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise PipelineError(
+            f"{where} does not fit the {type(encoder).__name__} encoder: "
+            f"{_state_mismatch(encoder, state, exc)}; save model.encoder.state_dict() of the "
+            "same encoder name"
+        ) from None
+
+
+def _state_mismatch(encoder: nn.Module, state: dict, exc: Exception) -> str:
+    """What differs between ``state`` and the encoder's own state_dict, in a few words."""
+    own = set(encoder.state_dict())
+    missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
+    parts = [f"{len(keys)} {what} key(s) (e.g. {keys[0]})"
+             for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+    if not parts:  # same names: a tensor of another shape
+        parts = [ln.strip().rstrip(".") for ln in str(exc).splitlines() if "size mismatch" in ln]
+    return ", ".join(parts[:2]) or "the tensors differ"
+
+
 def _build_smp(cfg: ModelConfig) -> PadToMultiple:
     import segmentation_models_pytorch as smp
 
@@ -99,11 +166,12 @@ def _build_smp(cfg: ModelConfig) -> PadToMultiple:
             f"model config '{cfg.label}': unknown model.arch '{cfg.arch}'{hint}; "
             f"valid: {', '.join(valid)}"
         )
+    weights_file = cfg.encoder_weights if is_weights_file(cfg.encoder_weights) else None
     try:
         model = smp.create_model(
             cfg.arch,
             encoder_name=cfg.encoder,
-            encoder_weights=cfg.encoder_weights,
+            encoder_weights=None if weights_file else cfg.encoder_weights,
             in_channels=cfg.in_channels,
             classes=cfg.classes,
         )
@@ -113,6 +181,8 @@ def _build_smp(cfg: ModelConfig) -> PadToMultiple:
             f"'{cfg.encoder}' and encoder_weights={cfg.encoder_weights}: {_first_line(exc)}"
             f"{_encoder_hint(cfg)}"
         ) from None
+    if weights_file:  # before the unused head goes: the file holds the whole encoder
+        load_encoder_file(model.encoder, weights_file, cfg.label)
     _drop_unused_head(model.encoder)
     # Encoders downsample by output_stride (32; 16 for DeepLabV3+); padding to a multiple of
     # both it and pad_multiple keeps SMP's own divisibility check satisfied for any image size.
@@ -145,7 +215,8 @@ def _encoder_hint(cfg: ModelConfig) -> str:
         close = difflib.get_close_matches(cfg.encoder, names, n=3)
         return f" (close encoders: {', '.join(close)})" if close else ""
     if cfg.encoder_weights:
-        return " (pretrained weights need internet; model.encoder_weights=null trains from scratch)"
+        return (" (named weights need internet: save the encoder's state_dict once and set "
+                "model.encoder_weights to its path, or null to train from scratch)")
     return ""
 
 

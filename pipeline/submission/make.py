@@ -24,9 +24,10 @@ from pipeline import faults
 from pipeline.config import FULL_HEIGHT, FULL_WIDTH, Config
 from pipeline.data.io import image_shape
 from pipeline.data.layout import Layout, submission_names
+from pipeline.device import resolve_precision
 from pipeline.distributed import DistInfo, block_range
 from pipeline.errors import PipelineError
-from pipeline.fingerprint import fingerprint
+from pipeline.fingerprint import code_version, fingerprint
 from pipeline.inference.engine import iter_predictions, load_ensemble, masks_to_rle
 from pipeline.submission.format import HEADER, csv_lines
 from pipeline.submission.shards import ShardWriter, merge_shards, shard_path, wait_for_shards
@@ -93,9 +94,13 @@ def make_submission(
 
     p = cfg.predict
     # What the rows are computed from; each shard's key adds its block of names.
+    precision = resolve_precision(p.precision, device, what="predict.precision",
+                                  warn=lambda _: None)  # load_ensemble warned
     run_key = fingerprint([m.source for m in ensemble.members],
-                          (p.tta, p.threshold, p.largest_component, p.precision,
-                           p.channels_last, p.batch_size), shape)
+                          (p.tta, p.threshold, p.largest_component, precision.name, device.type,
+                           p.channels_last, p.batch_size, p.refiner), shape, code_version(),
+                          str(Path(data_root).resolve()))
+    # (Not the test images' times: touching one file would redo every row of 100,064.)
     blocks = [block_range(len(names), r, dist.world_size, p.batch_size)
               for r in range(dist.world_size)]
     keys = [fingerprint([], run_key, a, b, names[a:b]) for a, b in blocks]
@@ -129,6 +134,7 @@ def make_submission(
         # Other ranks may still be predicting (much longer after a resume): wait for their
         # stamps rather than at a collective barrier, which would time out.
         shards = [shard_path(out, r, dist.world_size) for r in range(dist.world_size)]
-        wait_for_shards(shards, keys, [b - a for a, b in blocks])
+        wait_for_shards(shards, keys, [b - a for a, b in blocks],
+                        stall_s=cfg.submit.stall_timeout_s)
         merge_shards(shards, out, names, shape, dist.world_size)
     return SubmitResult(out, len(names), len(todo), resumed, time.perf_counter() - t0, shape)

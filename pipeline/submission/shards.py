@@ -9,6 +9,7 @@ valid, but not every reader takes it).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -21,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from pipeline import faults
-from pipeline.atomic import atomic_path, write_bytes, write_json
+from pipeline.atomic import WRITE_ERRNOS, atomic_path, write_bytes, write_json
 from pipeline.errors import PipelineError
 from pipeline.submission.format import check_submission
 
@@ -122,13 +123,22 @@ class ShardWriter:
     def _append(self, text: str, rows: int) -> None:
         """Append one chunk as a gzip member, make it durable, then advance the stamp."""
         data = gzip_member(text)
-        with open(self.path, "ab") as fh:
-            half = len(data) // 2
-            fh.write(data[:half])
-            faults.reached("shard.append")  # a crash here leaves half a member: resume cuts it
-            fh.write(data[half:])
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with open(self.path, "ab") as fh:
+                half = len(data) // 2
+                fh.write(data[:half])
+                faults.reached("shard.append")  # a crash here leaves half a member
+                fh.write(data[half:])
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            if exc.errno not in WRITE_ERRNOS:
+                raise
+            with contextlib.suppress(OSError), open(self.path, "r+b") as fh:
+                fh.truncate(self.bytes)  # drop the half chunk: the file ends on a whole one
+            raise PipelineError(
+                f"{self.path}: could not be written ({exc.strerror}); the {self.rows_done} "
+                "rows written before are kept: free space and re-run to resume") from None
         self.bytes += len(data)
         self.rows_done += rows
         self._write_stamp()

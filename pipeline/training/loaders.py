@@ -13,14 +13,21 @@ from pipeline.config import FULL_HEIGHT, FULL_WIDTH, Config
 from pipeline.data.cache import build_cache
 from pipeline.data.dataset import SegmentationDataset, build_transform
 from pipeline.data.layout import train_index
+from pipeline.data.pseudo import pseudo_rows
 from pipeline.data.splits import fold_rows, load_folds
 from pipeline.distributed import DistInfo
 
 
 def run_rows(cfg: Config, fold: int, folds_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train rows, validation rows) of the train index for ``fold`` of ``folds_path``."""
-    return fold_rows(train_index(cfg.data.root), load_folds(folds_path), fold, folds_path,
-                     f"{cfg.data.root}/train")
+    """(train rows, validation rows) of the train index for ``fold`` of ``folds_path``, with
+    the pseudo-labelled images of ``train.pseudo_root`` added to training (never to
+    validation)."""
+    train, val = fold_rows(train_index(cfg.data.root), load_folds(folds_path), fold, folds_path,
+                           f"{cfg.data.root}/train")
+    if cfg.train.pseudo_root:
+        extra = pseudo_rows(cfg.train.pseudo_root, train["img"])
+        train = pd.concat([train, extra], ignore_index=True)
+    return train, val
 
 
 def cache_dir(cfg: Config) -> str | None:

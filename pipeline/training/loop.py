@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from pipeline import faults
 from pipeline.device import Precision, autocast
 from pipeline.errors import PipelineError
 from pipeline.metrics import confusion_counts
@@ -40,6 +41,10 @@ def clean_worker_errors():
 def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
     x = x.to(device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+class NonFiniteLoss(PipelineError):
+    """The loss became NaN or infinite: the weights would turn to garbage from here on."""
 
 
 @dataclass
@@ -69,6 +74,7 @@ def train_one_epoch(
     probe_steps: int = 0,
     probe_skip: int = 0,
     on_probe: Callable[[float], int | None] | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> EpochResult:
     """One pass over ``loader`` (at most ``max_steps`` batches, 0: all): gradients accumulated
     over ``accumulate`` batches, clipped to ``grad_clip`` (0: off), then one optimiser step and
@@ -98,6 +104,8 @@ def train_one_epoch(
                 with autocast(precision, device):
                     logits = model(x)
                 loss = loss_fn(logits.float(), y)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLoss(f"{desc}: the loss is {float(loss.detach())} at batch {i + 1}")
                 scaler.scale(loss / accumulate).backward()
             if stepping:
                 if grad_clip > 0:
@@ -107,6 +115,9 @@ def train_one_epoch(
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 schedule.step_batch()
+                if on_step is not None:
+                    on_step()
+                faults.reached("train.step")
             batches += 1
             batch_loss = float(loss.detach())
             loss_sum += batch_loss * x.shape[0]

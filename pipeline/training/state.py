@@ -24,6 +24,7 @@ class Progress:
     best_epoch: int = -1
     bad_epochs: int = 0  # epochs since the best one, for early stopping
     stopped: bool = False  # early stopping fired: a resume has nothing left to do
+    planned_batches: int = 0  # the batches a time budget planned (0: every epoch in full)
 
     @property
     def next_epoch(self) -> int:
@@ -69,16 +70,18 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def train_state(progress: Progress, optimizer, schedule, scaler) -> dict:
+def train_state(progress: Progress, optimizer, schedule, scaler, ema=None) -> dict:
     """The ``train_state`` stored in ``last.pt``."""
     return {"progress": progress.state_dict(), "epoch": progress.next_epoch - 1,
             "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+            "ema": ema.state_dict() if ema is not None else None,
             "rng": rng_state()}
 
 
-def restore(path: Path, cfg: Config, model, optimizer, schedule, scaler) -> Progress:
-    """Load ``last.pt`` into the live objects (weights, optimiser, schedule, scaler, RNGs)."""
+def restore(path: Path, cfg: Config, model, optimizer, schedule, scaler, ema=None) -> Progress:
+    """Load ``last.pt`` into the live objects (weights, optimiser, schedule, scaler, the
+    weight average, RNGs)."""
     ckpt = load_checkpoint(path)
     if model_config_of(ckpt, path) != cfg.model:
         raise PipelineError(f"{path}: was trained with a different model config; "
@@ -91,5 +94,10 @@ def restore(path: Path, cfg: Config, model, optimizer, schedule, scaler) -> Prog
     schedule.load_state_dict(state["scheduler"])
     if state["scaler"]:
         scaler.load_state_dict(state["scaler"])
+    if ema is not None:
+        if not state.get("ema"):
+            raise PipelineError(f"{path}: was trained without train.ema; drop --resume to "
+                                "start over with it, or set train.ema=0")
+        ema.load_state_dict(state["ema"])
     set_rng_state(state["rng"])
     return Progress(**state["progress"])

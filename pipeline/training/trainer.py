@@ -9,6 +9,7 @@ image), so neither depends on what ran before.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -18,18 +19,20 @@ from torch import nn
 
 from pipeline import distributed
 from pipeline.config import Config, to_dict
+from pipeline.data.splits import split_id
 from pipeline.device import Precision, peak_memory_mib, reset_peak_memory, resolve_precision
 from pipeline.distributed import DistInfo
 from pipeline.errors import PipelineError
 from pipeline.losses import build_loss
 from pipeline.metrics import count_metrics
-from pipeline.models.checkpoint import save_checkpoint
+from pipeline.models.checkpoint import load_checkpoint, model_config_of, save_checkpoint, unwrap
 from pipeline.models.factory import build_model, count_parameters
 from pipeline.records import TrainRecord, write_record
 from pipeline.runs import RunPaths
 from pipeline.training import budget
+from pipeline.training.ema import WeightEMA
 from pipeline.training.loaders import cache_rows, make_loaders, run_rows, set_epoch
-from pipeline.training.loop import train_one_epoch, validate_epoch
+from pipeline.training.loop import NonFiniteLoss, train_one_epoch, validate_epoch
 from pipeline.training.report import epoch_row, log_epoch, training_record
 from pipeline.training.schedule import Schedule, build_optimizer
 from pipeline.training.state import Progress, restore, seed_everything, train_state
@@ -47,6 +50,14 @@ class Parts:
     loss_fn: nn.Module
     precision: Precision
     channels_last: bool
+    ema: WeightEMA | None = None  # train.ema: the average that is validated and kept
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The model that is validated and saved as ``best.pt``: the average when there is
+        one. Never the DDP wrapper: a forward through it is a collective (its buffer
+        broadcast), and a rank with fewer validation batches would leave the others waiting."""
+        return self.ema.module if self.ema is not None else unwrap(self.model)
 
 
 def build_parts(cfg: Config, info: DistInfo, steps_per_epoch: int) -> Parts:
@@ -56,13 +67,29 @@ def build_parts(cfg: Config, info: DistInfo, steps_per_epoch: int) -> Parts:
     precision = resolve_precision(tc.precision, info.device, what="train.precision",
                                   warn=None if info.is_main else _silent)
     channels_last = tc.channels_last  # NHWC convs: faster on CUDA and ~1.25x on this CPU too
-    model = build_model(cfg.model).to(info.device)
+    model = build_model(cfg.model)
+    if tc.init_from:
+        init_weights(model, tc.init_from, cfg)
+    model = model.to(info.device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, tc)
+    ema = WeightEMA(model, tc.ema) if tc.ema > 0 else None
     return Parts(model, optimizer, Schedule(optimizer, tc, steps_per_epoch),
                  torch.amp.GradScaler(info.device.type, enabled=precision.scaler),
-                 build_loss(tc), precision, channels_last)
+                 build_loss(tc), precision, channels_last, ema)
+
+
+def init_weights(model: nn.Module, path: str, cfg: Config) -> None:
+    """Start from the weights of checkpoint ``path`` (``train.init_from``): the same
+    architecture, trained at any input size (a fully convolutional net takes any size), so a
+    run can continue at a larger size for its last epochs. The optimiser starts afresh."""
+    ckpt = load_checkpoint(path)
+    if model_config_of(ckpt, path) != cfg.model:
+        raise PipelineError(f"{path}: train.init_from holds another model "
+                            f"({model_config_of(ckpt, path).label}); use a checkpoint of "
+                            f"{cfg.model.label}")
+    model.load_state_dict(ckpt["state_dict"])
 
 
 def _silent(_: str) -> None:
@@ -70,19 +97,23 @@ def _silent(_: str) -> None:
 
 
 def run_epoch(epoch: int, cfg: Config, parts: Parts, train_loader, val_loader,
-              info: DistInfo, show: bool, max_batches: int = 0, on_probe=None) -> dict:
+              info: DistInfo, show: bool, max_batches: int = 0, on_probe=None,
+              planned: int = 0) -> dict:
     """Train one epoch (at most ``max_batches``, 0: all), validate, add the sums of every
     rank; returns the epoch's row. ``on_probe``: see
-    :func:`~pipeline.training.loop.train_one_epoch`."""
+    :func:`~pipeline.training.loop.train_one_epoch`; ``planned``: the epochs the run plans
+    (for the progress line; default ``train.epochs``)."""
+    planned = planned or cfg.train.epochs
     tc, p, start = cfg.train, parts, time.perf_counter()
     set_epoch(train_loader, epoch, tc.seed)
     result = train_one_epoch(
         p.model, train_loader, p.loss_fn, p.optimizer, p.schedule, p.scaler,
         device=info.device, precision=p.precision, accumulate=tc.accumulate,
         grad_clip=tc.grad_clip, max_steps=max_batches or tc.max_steps,
-        channels_last=p.channels_last, desc=f"epoch {epoch + 1}/{tc.epochs}", progress=show,
+        channels_last=p.channels_last, desc=f"epoch {epoch + 1}/{planned}", progress=show,
         probe_steps=budget.PROBE_STEPS if on_probe else 0, probe_skip=budget.PROBE_SKIP,
         on_probe=on_probe,
+        on_step=(lambda: p.ema.update(unwrap(p.model))) if p.ema is not None else None,
     )
     lr = p.schedule.lr  # the rate the epoch ended on
     sums = distributed.all_reduce_sum(
@@ -92,7 +123,7 @@ def run_epoch(epoch: int, cfg: Config, parts: Parts, train_loader, val_loader,
     val, val_loss = None, None
     if val_loader is not None:
         counts, loss_sum, images = validate_epoch(
-            p.model, val_loader, p.loss_fn, device=info.device, precision=p.precision,
+            p.evaluated, val_loader, p.loss_fn, device=info.device, precision=p.precision,
             channels_last=p.channels_last, full_res=tc.full_res_val, progress=show)
         counts = distributed.all_reduce_sum(counts, info)
         vsums = distributed.all_reduce_sum(
@@ -105,16 +136,19 @@ def run_epoch(epoch: int, cfg: Config, parts: Parts, train_loader, val_loader,
 
 
 def save_epoch(run: RunPaths, cfg: Config, parts: Parts, progress: Progress,
-               improved: bool) -> None:
-    """``best.pt`` when the epoch improved, then ``last.pt`` with the state to resume from
-    (in this order: after a kill between the two, the resume redoes the epoch)."""
+               improved: bool, split: dict | None) -> None:
+    """``best.pt`` (the evaluated model: the weight average when there is one) when the epoch
+    improved, then ``last.pt`` with the raw weights and the state to resume from (in this
+    order: after a kill between the two, the resume redoes the epoch). ``split`` names the
+    images the model must not be scored on."""
     row = progress.history[-1]
     metrics = {k: v for k, v in row.items() if v is not None}
     if improved:
-        save_checkpoint(run.best, parts.model, cfg, metrics=metrics, epoch=row["epoch"])
-    state = train_state(progress, parts.optimizer, parts.schedule, parts.scaler)
+        save_checkpoint(run.best, parts.evaluated, cfg, metrics=metrics, epoch=row["epoch"],
+                        split=split)
+    state = train_state(progress, parts.optimizer, parts.schedule, parts.scaler, parts.ema)
     save_checkpoint(run.last, parts.model, cfg, metrics=metrics, epoch=row["epoch"],
-                    train_state=state)
+                    train_state=state, split=split)
 
 
 def train(cfg: Config, fold: int, *, folds_path, run: RunPaths | None = None,
@@ -143,6 +177,7 @@ def _train(cfg: Config, fold: int, info: DistInfo, *, folds_path, run: RunPaths,
         torch.set_num_threads(tc.threads)
 
     train_rows, val_rows = run_rows(cfg, fold, folds_path)
+    split = split_id(fold, folds_path) if fold >= 0 else None
     cache_rows(cfg, pd.concat([train_rows, val_rows], ignore_index=True), info, show)
     train_loader, val_loader = make_loaders(cfg, train_rows, val_rows, info)
     if len(train_loader) == 0:
@@ -153,7 +188,7 @@ def _train(cfg: Config, fold: int, info: DistInfo, *, folds_path, run: RunPaths,
     state = Progress()
     if resume and run.last.is_file():
         state = restore(run.last, cfg, parts.model, parts.optimizer, parts.schedule,
-                        parts.scaler)
+                        parts.scaler, parts.ema)
         if main:
             print(f"resuming {run.last} at epoch {state.next_epoch + 1}/{tc.epochs}",
                   flush=True)
@@ -167,15 +202,19 @@ def _train(cfg: Config, fold: int, info: DistInfo, *, folds_path, run: RunPaths,
     tracker = Tracker(run.live_dir, enabled=main, use_dvclive=tc.live,
                       params={"fold": fold, **to_dict(cfg)})
     tracker.replay(state.history)
-    # The run as a number of batches: every epoch in full, or what a time budget allows.
-    total = tc.epochs * n_batches
+    # The run as a number of batches: every epoch in full, or what a time budget planned (kept
+    # in last.pt: a resume continues the same plan and learning-rate curve).
+    total = state.planned_batches or tc.epochs * n_batches
+    if total < tc.epochs * n_batches:
+        parts.schedule.shorten(budget.optimizer_steps(total, tc.accumulate),
+                               budget.optimizer_steps(n_batches, tc.accumulate), tc)
     spent = sum(r["epoch_seconds"] for r in state.history)  # budget already used before a resume
     done = sum(r.get("train_batches", n_batches) for r in state.history)
     budget_s = tc.time_budget_min * 60
 
     def replan(new_total: int, why: str) -> None:
         nonlocal total
-        total = new_total
+        total = state.planned_batches = new_total
         parts.schedule.shorten(budget.optimizer_steps(total, tc.accumulate),
                                budget.optimizer_steps(n_batches, tc.accumulate), tc)
         if main:
@@ -189,9 +228,10 @@ def _train(cfg: Config, fold: int, info: DistInfo, *, folds_path, run: RunPaths,
                f"{pace:.2f} s/batch")
         return budget.epoch_batches(total, n_batches, 0)
 
-    if budget_s > 0 and done:  # resumed: plan the rest from the pace so far
-        replan(budget.plan_batches(budget_s, spent / done, total, spent_s=spent, done=done),
-               "resumed")
+    if budget_s > 0 and done:  # resumed: shorten the plan if the pace so far needs it
+        fits = budget.plan_batches(budget_s, spent / done, total, spent_s=spent, done=done)
+        if fits < total:
+            replan(fits, "resumed")
     try:
         for epoch in range(state.next_epoch, tc.epochs):
             cap = budget.epoch_batches(total, n_batches, epoch)
@@ -199,7 +239,8 @@ def _train(cfg: Config, fold: int, info: DistInfo, *, folds_path, run: RunPaths,
                 break
             probe = on_probe if budget_s > 0 and epoch == 0 else None
             row = run_epoch(epoch, cfg, parts, train_loader, val_loader, info, show,
-                            max_batches=cap, on_probe=probe)
+                            max_batches=cap, on_probe=probe,
+                            planned=math.ceil(total / n_batches))
             if budget_s > 0:
                 # Check the plan against the pace so far, validation included; the ranks
                 # agree on the mean epoch time. Shorten only: never raise the rate again.
@@ -211,12 +252,17 @@ def _train(cfg: Config, fold: int, info: DistInfo, *, folds_path, run: RunPaths,
                     replan(fits, f"after epoch {epoch + 1}")
             improved = state.record(row, tc.patience)
             if main:
-                save_epoch(run, cfg, parts, state, improved)
+                save_epoch(run, cfg, parts, state, improved, split)
                 tracker.log_epoch(row)
-                log_epoch(row, tc.epochs)
+                log_epoch(row, math.ceil(total / n_batches))
                 if state.stopped:
                     print(f"early stop: no val_dice gain for {tc.patience} epochs", flush=True)
             distributed.barrier(info)
+    except NonFiniteLoss as exc:
+        last = (f"the last good checkpoint is {run.last} (epoch {state.next_epoch})"
+                if state.history else "no checkpoint was written yet")
+        raise PipelineError(f"{exc}; training stopped, {last}. Lower train.lr, set "
+                            "train.grad_clip or train.precision=fp32, then --resume") from None
     finally:
         tracker.close()
 
