@@ -75,9 +75,9 @@ def test_benchmark_gpu_on_a_cpu_at_a_tiny_size(tmp_path):
             assert r["speedup_vs_naive"] == pytest.approx(
                 r["engine_img_per_s"] / r["naive_img_per_s"])
         else:
+            # (no speed comparison here: timings on a shared CI machine are noise; the
+            # benchmark itself reports them)
             assert r["naive_img_per_s"] is None and r["speedup_vs_naive"] is None
-            # twice the forward passes: not faster per image than one model (noise allowed)
-            assert r["compute_img_per_s"] < 1.5 * rows[(model, 1)]["compute_img_per_s"]
 
     table = out.with_suffix(".md").read_text()
     assert table == result.output.split("wrote ")[0]
