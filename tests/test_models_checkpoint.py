@@ -147,3 +147,16 @@ def test_loading_a_checkpoint_never_downloads_or_reads_encoder_weights(
     for (name, a), b in zip(loaded.state_dict().items(), model.state_dict().values()):
         assert torch.equal(a, b), name
     assert no_network == []
+
+
+def test_a_truncated_or_bit_flipped_checkpoint_is_one_line(tmp_path, tiny_trained):
+    whole = tiny_trained.best.read_bytes()
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(PipelineError, match="cut.pt: not a readable checkpoint") as exc:
+        load_checkpoint(cut)
+    assert "\n" not in str(exc.value)
+    flipped = tmp_path / "flipped.pt"
+    flipped.write_bytes(whole[:40] + bytes(b ^ 0xFF for b in whole[40:80]) + whole[80:])
+    with pytest.raises(PipelineError, match="flipped.pt: not a readable checkpoint"):
+        load_checkpoint(flipped)
