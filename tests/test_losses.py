@@ -9,6 +9,7 @@ import pytest
 import segmentation_models_pytorch as smp
 import torch
 
+from pipeline import losses
 from pipeline.config import TrainConfig
 from pipeline.errors import PipelineError
 from pipeline.losses import (
@@ -118,3 +119,43 @@ def test_every_loss_builds_and_backpropagates(name):
 def test_unknown_loss_is_one_line_error():
     with pytest.raises(PipelineError, match="train.loss must be one of"):
         build_loss(TrainConfig(loss="focal"))
+
+
+def test_boundary_band_on_a_hand_made_mask():
+    """A 4x4 square of car in a 10x10 image, box 3: the band is every pixel whose 3x3
+    neighbourhood (clipped to the image) mixes car and background, i.e. the ring of pixels
+    within one pixel of the square's edge, inside and outside; nothing else."""
+    mask = torch.zeros(1, 1, 10, 10)
+    mask[..., 3:7, 3:7] = 1
+    band = losses.boundary_band(mask, 3)[0, 0]
+    expected = torch.zeros(10, 10, dtype=torch.bool)
+    expected[2:8, 2:8] = True  # the square grown by one pixel ...
+    expected[4:6, 4:6] = False  # ... minus its core, two pixels in from every edge
+    assert torch.equal(band, expected)
+    weights = losses.boundary_weights(mask, 3, 3.0)[0, 0]
+    assert torch.equal(weights, torch.where(expected, 3.0, 1.0))
+    # an all-background or all-car image has no edge
+    assert not losses.boundary_band(torch.zeros(1, 1, 8, 8), 3).any()
+    assert not losses.boundary_band(torch.ones(1, 1, 8, 8), 3).any()
+
+
+def test_boundary_kernel_scales_with_the_input_height():
+    assert losses.boundary_kernel(1024) == 41 and losses.boundary_kernel(1280) == 51
+    assert losses.boundary_kernel(192) == 9 and losses.boundary_kernel(32) == 3
+    assert all(losses.boundary_kernel(h) % 2 == 1 for h in range(16, 2000, 37))
+
+
+def test_boundary_loss_weights_mistakes_on_the_edge_more():
+    """The same number of wrong pixels costs more on the band than far from it."""
+    target = torch.zeros(1, 1, 32, 32)
+    target[..., 8:24, 8:24] = 1
+    good = torch.where(target > 0, 6.0, -6.0)
+    on_edge, far = good.clone(), good.clone()
+    on_edge[..., 8, 8:12] = -6.0  # 4 car pixels on the edge called background
+    far[..., 15, 14:18] = -6.0  # 4 car pixels in the middle of the car
+    def loss(logits):
+        return float(losses.boundary_bce_dice(logits, target, weight=3.0, kernel=5))
+
+    assert loss(good) < loss(far) < loss(on_edge)
+    plain = float(losses.bce_dice(on_edge, target))
+    assert plain == pytest.approx(float(losses.bce_dice(far, target)), rel=1e-4)
