@@ -125,6 +125,8 @@ class TrainConfig:
     boundary_kernel: int = 41  # boundary_bce_dice: band box width at a 1024 px input height
     precision: str = "auto"  # auto (the fastest native: pipeline.device) | fp32 | bf16 | fp16
     channels_last: bool = True
+    compile: bool = False  # torch.compile the model in place; each new input shape compiles first
+    sync_bn: bool = False  # DDP on GPUs: BatchNorm statistics over all ranks' batches
     grad_clip: float = 1.0
     accumulate: int = 1
     patience: int = 0  # early stopping in epochs; 0 disables
@@ -147,6 +149,7 @@ class TrainConfig:
     ema: float = 0.0  # >0: validate and keep (best.pt) an exponential moving average, this decay
     init_from: str = ""  # a checkpoint whose weights start the run (progressive resizing)
     pseudo_root: str = ""  # pseudo-label folder (python -m pipeline.pseudo) added to training
+    crop: list[int] = field(default_factory=list)  # [h, w]: random crops of the resized image
 
 
 @dataclass
@@ -160,13 +163,15 @@ class PredictConfig:
     largest_component: bool = False  # keep only each mask's largest connected region
     precision: str = "auto"
     channels_last: bool = True
+    compile: bool = False  # torch.compile each model in place; each new input shape compiles first
     refiner: bool = False  # apply the edge refiner saved beside each model (refiner.pt)
 
 
 @dataclass
 class RefineConfig:
-    """The full-resolution edge refiner (``train.refiner``, ``python -m pipeline.refine``): a
-    small network on windows along the coarse mask's edge, trained on synthetic coarse inputs."""
+    """The full-resolution edge refiner: a small network on windows along the coarse mask's
+    edge, trained on synthetic coarse inputs by ``python -m pipeline.refine --fold K`` (saved
+    beside that fold's best.pt) and applied by ``predict.refiner=true``."""
 
     jitter: float = 0.15  # the coarse size: the run's training size x (1 +- jitter) per image
     patch: int = 96  # training window side (even)

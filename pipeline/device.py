@@ -1,4 +1,5 @@
-"""Devices: which one to run on, which precision it computes fast, autocast, and peak memory.
+"""Devices: which one to run on, which precision it computes fast, autocast, fast kernels
+(cuDNN autotuning, torch.compile) and peak memory.
 
 Training, prediction and every benchmark take their device and precision from here, so the
 rule is written once:
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from pipeline.errors import PipelineError
 
@@ -144,6 +146,31 @@ def autocast(precision: Precision, device: torch.device):
     if precision.dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=precision.dtype)
+
+
+# --------------------------------------------------------------------------- fast kernels
+
+# torch.compile's backend. Inductor writes and builds C++/Triton kernels (about 20 s for a tiny
+# U-Net on a 2-core CPU); the tests swap in "aot_eager", which traces the same graphs (forward
+# and backward) without generating code.
+COMPILE_BACKEND = "inductor"
+
+
+def enable_fast_kernels(device: torch.device) -> None:
+    """On a CUDA device, let cuDNN time its convolution algorithms on the first batch of each
+    input shape and keep the fastest (``cudnn.benchmark``): training and prediction feed one
+    fixed size, so the search is paid once. Nothing to choose on a CPU."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def compile_model(model: nn.Module) -> nn.Module:
+    """``model`` compiled in place (``nn.Module.compile``, as PyTorch advises rather than the
+    ``torch.compile(model)`` wrapper): it keeps its class and its state_dict keys (no
+    ``_orig_mod.`` prefixes), so checkpoints, the weight average and DDP see the plain module.
+    The first batch of each new input shape pays the compile time."""
+    model.compile(backend=COMPILE_BACKEND)
+    return model
 
 
 # --------------------------------------------------------------------------- memory

@@ -76,6 +76,7 @@ class PredictSettings:
     largest_component: bool
     precision: str
     device: str
+    refiner: bool = False  # the edge refiners beside the checkpoints were applied
 
 
 @dataclass(kw_only=True)

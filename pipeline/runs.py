@@ -2,6 +2,7 @@
 
     <checkpoints>/<label>/fold<K>/best.pt    best validation Dice (fold -1: the last epoch)
     <checkpoints>/<label>/fold<K>/last.pt    last epoch and the state to resume from
+    <checkpoints>/<label>/fold<K>/refiner.pt its edge refiner (python -m pipeline.refine)
     <metrics>/<label>/fold<K>.json           the training record (pipeline.records.TrainRecord)
     <live>/<label>/fold<K>/                  DVCLive per-epoch metrics and curves.png
     <metrics>/<label>/cv.json                out-of-fold summary (pipeline.records.CVSummary)
@@ -20,6 +21,7 @@ from pathlib import Path
 from pipeline.errors import PipelineError
 
 FOLD_DIR = re.compile(r"^fold(-?\d+)$")
+REFINER = "refiner.pt"
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,10 @@ class RunPaths:
         return self.checkpoint_dir / "last.pt"
 
     @property
+    def refiner(self) -> Path:
+        return refiner_beside(self.best)
+
+    @property
     def record(self) -> Path:
         return self.roots.metrics / self.label / f"fold{self.fold}.json"
 
@@ -115,6 +121,21 @@ def fold_of(checkpoint: str | Path) -> int:
             "use --all-images to score it on a whole labelled folder"
         )
     return int(match[1])
+
+
+def refiner_beside(checkpoint: str | Path) -> Path:
+    """The edge refiner trained for ``checkpoint``: ``refiner.pt`` in the same folder."""
+    return Path(checkpoint).with_name(REFINER)
+
+
+def refine_command(checkpoint: str | Path) -> str:
+    """The command that trains the refiner of ``<root>/<label>/fold<K>/<name>.pt``."""
+    path = Path(checkpoint)
+    match = FOLD_DIR.match(path.parent.name)
+    if not match:
+        return "python -m pipeline.refine --fold K --checkpoints ROOT"
+    return (f"python -m pipeline.refine -m {path.parent.parent.name} --fold {match[1]} "
+            f"--checkpoints {path.parent.parent.parent}")
 
 
 def ensemble_checkpoints(given, model: ModelPaths) -> list[Path]:

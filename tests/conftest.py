@@ -119,3 +119,17 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect_ex", refuse("socket.connect_ex"))
     yield attempts
     assert not attempts, f"a download was attempted: {attempts}"
+
+
+@pytest.fixture
+def fast_compile(monkeypatch):
+    """``torch.compile`` through the "aot_eager" backend: the same graph capture (forward and
+    backward) as inductor, without generating and building C++ kernels (about 20 s each on a
+    2-core CPU). Compiled code is dropped afterwards."""
+    import torch
+
+    from pipeline import device
+
+    monkeypatch.setattr(device, "COMPILE_BACKEND", "aot_eager")
+    yield
+    torch._dynamo.reset()

@@ -14,7 +14,7 @@ from import_graph import REPO, all_modules, closure, imports_of, module_file
 # The command-line modules: a stage CLI each, the shared options, the benchmark subcommands.
 STAGES = {"pipeline.data.__main__", "pipeline.folds", "pipeline.train", "pipeline.evaluate",
           "pipeline.submit", "pipeline.leaderboard", "pipeline.visualize", "pipeline.pseudo",
-          "pipeline.benchmark.__main__"}
+          "pipeline.refine.__main__", "pipeline.benchmark.__main__"}
 CLI = STAGES | {"pipeline.cli"} | {m for m in all_modules()
                                     if m.startswith("pipeline.benchmark")}
 

@@ -1,5 +1,6 @@
-"""``python -m pipeline.benchmark rle``: our RLE against the common Kaggle kernel on the same
-masks: agreement is checked before anything is timed, and the speed ratios are reported."""
+"""``python -m pipeline.benchmark rle``: our RLE against the common Kaggle kernel and our
+largest-region clean-up against OpenCV on the same masks: agreement is checked before anything
+is timed, and the speed ratios are reported."""
 
 from __future__ import annotations
 
@@ -7,10 +8,17 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import typer
 from typer.testing import CliRunner
 
-from pipeline.benchmark.rle_speed import load_masks, register, run_rle_benchmark
+from pipeline.benchmark.rle_speed import (
+    largest_component_reference,
+    load_masks,
+    register,
+    run_rle_benchmark,
+    with_specks,
+)
 from pipeline.errors import PipelineError
 
 
@@ -20,6 +28,22 @@ def test_benchmark_core_checks_agreement_and_reports_ratios():
     result = run_rle_benchmark(masks, repeats=1)
     assert result["masks"] == 4 and result["shape"] == [32, 48]
     assert result["encode_speedup"] > 0 and result["decode_speedup"] > 0
+    assert result["largest_component_ms"]["masks"] == 4 and result["largest_component_speedup"] > 0
+
+
+def test_opencv_baseline_breaks_ties_in_row_major_order():
+    masks = torch.zeros(3, 2, 8, dtype=torch.bool)
+    masks[0, 0, 5] = masks[0, 1, 0] = True  # OpenCV labels (1, 0) first; (0, 5) comes first
+    masks[1, :, 2:4] = True
+    got = largest_component_reference(masks)
+    assert got[0].sum() == 1 and got[0, 0, 5]
+    assert torch.equal(got[1], masks[1]) and not got[2].any()
+
+
+def test_specks_are_added_to_a_bool_batch():
+    masks = [np.zeros((100, 200), np.uint8) for _ in range(3)]
+    batch = with_specks(masks, 2)
+    assert batch.shape == (2, 100, 200) and batch.dtype == torch.bool and batch.any()
 
 
 def test_rle_command_on_tiny_masks(tiny_data, tmp_path):
@@ -34,6 +58,8 @@ def test_rle_command_on_tiny_masks(tiny_data, tmp_path):
     assert data["masks"] == 3 and data["shape"] == [64, 96]
     assert data["data_root"] == str(tiny_data)
     assert "RLE on 3 masks of 64x96 (best of 1)" in result.output
+    assert data["largest_component_ms"]["masks"] == 3
+    assert "largest component (3 masks in one batch" in result.output
 
 
 def test_no_masks_is_one_line(tmp_path):

@@ -1,20 +1,25 @@
 """pipeline.device: device choice, the precision each device computes natively (with the
-hardware probes faked, so no GPU is needed), autocast, and peak memory since a reset."""
+hardware probes faked, so no GPU is needed), autocast, cuDNN autotuning and compiling, and peak
+memory since a reset."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 from pathlib import Path
 
 import pytest
 import torch
 
 from pipeline import device
+from pipeline.config import ModelConfig
 from pipeline.device import (
     Precision,
     autocast,
+    compile_model,
     cpu_has_native_bf16,
     device_name,
+    enable_fast_kernels,
     native_bf16,
     peak_memory_mib,
     pick_device,
@@ -22,6 +27,7 @@ from pipeline.device import (
     resolve_precision,
 )
 from pipeline.errors import PipelineError
+from pipeline.models import build_model
 
 CPU = torch.device("cpu")
 GPU = torch.device("cuda", 0)  # a device object only: every CUDA query it needs is faked
@@ -206,6 +212,36 @@ def test_device_name(gpu):
     assert device_name(CPU).startswith("cpu (") and "threads" in device_name(CPU)
     gpu((7, 5), "Tesla T4")
     assert device_name(GPU) == "Tesla T4"
+
+
+# --------------------------------------------------------------------------- fast kernels
+
+
+@pytest.fixture
+def cudnn_benchmark():
+    """Put cuDNN's autotuning flag back as it was, whatever the test set it to."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    yield
+    torch.backends.cudnn.benchmark = before
+
+
+def test_fast_kernels_autotune_cudnn_on_a_gpu_only(cudnn_benchmark):
+    enable_fast_kernels(CPU)
+    assert torch.backends.cudnn.benchmark is False
+    enable_fast_kernels(GPU)  # a device object: setting the flag needs no GPU
+    assert torch.backends.cudnn.benchmark is True
+
+
+def test_compile_in_place_keeps_the_module_its_weights_and_its_outputs(fast_compile):
+    torch.manual_seed(0)
+    eager = build_model(ModelConfig(arch="unet", base_width=4, depth=2)).eval()
+    model = copy.deepcopy(eager)
+    x = torch.randn(2, 3, 32, 48)
+    assert compile_model(model) is model and model._compiled_call_impl is not None
+    assert type(model) is type(eager) and list(model.state_dict()) == list(eager.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), eager(x))
 
 
 # --------------------------------------------------------------------------- memory

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from pipeline.config import Config
+from pipeline.config import Config, RefineConfig
 from pipeline.data.io import read_mask, write_mask_gif
 from pipeline.data.layout import train_index
 from pipeline.data.splits import load_folds, split_id, write_folds
@@ -22,7 +22,9 @@ from pipeline.evaluation.oof import evaluate_all_images, evaluate_oof
 from pipeline.models import build_model
 from pipeline.models.checkpoint import save_checkpoint
 from pipeline.records import to_json
-from pipeline.runs import Roots
+from pipeline.refine.net import EdgeRefiner
+from pipeline.refine.store import save_refiner
+from pipeline.runs import Roots, refiner_beside
 
 
 def constant_model(cfg: Config, logit: float):
@@ -73,7 +75,7 @@ def test_each_fold_is_scored_by_its_own_model(setup, tmp_path):
     assert set(s.makes) == set(index["make"])
     assert to_json(s)["predict"] == {"tta": ["hflip"], "threshold": 0.5,
                                      "largest_component": False, "precision": "fp32",
-                                     "device": "cpu"}
+                                     "device": "cpu", "refiner": False}
     assert [w.dice for w in result.worst] == sorted(scores["dice"])[:6]
 
 
@@ -109,6 +111,20 @@ def test_a_changed_mask_or_precision_is_not_resumed(setup, tmp_path):
     settings = oof.resume_key(setup["cfg"].predict, torch.device("cpu"), data,
                               train_index(data).head(2))[0]
     assert settings["precision"] in ("fp32", "bf16") and settings["device"] == "cpu"
+
+
+def test_the_refiner_and_its_file_are_part_of_the_resume_key(setup, tmp_path):
+    ckpt = tmp_path / "tiny" / "fold0" / "best.pt"
+    ckpt.parent.mkdir(parents=True)
+    shutil.copy(setup["model"].fold_checkpoints()[0], ckpt)
+    p = setup["cfg"].predict
+    on = dataclasses.replace(p, refiner=True)
+    rows = train_index(setup["data"]).head(2)
+    keys = [oof.resume_key(q, torch.device("cpu"), setup["data"], rows) for q in (p, on)]
+    assert keys[0] != keys[1] and keys[1][0]["refiner"] is True
+    assert oof.model_files(ckpt, p) == oof.model_files(ckpt, on) == [ckpt]  # no refiner yet
+    refiner = save_refiner(refiner_beside(ckpt), EdgeRefiner(4), RefineConfig(width=4), [])
+    assert oof.model_files(ckpt, on) == [ckpt, refiner] and oof.model_files(ckpt, p) == [ckpt]
 
 
 def test_a_checkpoint_is_never_scored_on_another_split(setup, tmp_path, capsys):

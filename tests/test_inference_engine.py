@@ -1,6 +1,7 @@
 """The inference engine: flip TTA mapped back, probability averaging over flips and models,
-upsampling to full size, RLE, loading an ensemble at each model's training size, and the
-batched prediction loop against a naive per-image loop."""
+upsampling to full size, RLE, loading an ensemble at each model's training size, the
+batched prediction loop against a naive per-image loop, and the edge refiners applied to the
+full-size probabilities with the full-size photos."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline import rle
-from pipeline.config import Config, ModelConfig, PredictConfig
+from pipeline import device, rle
+from pipeline.config import Config, ModelConfig, PredictConfig, RefineConfig
+from pipeline.data.io import read_image
 from pipeline.data.layout import Layout
 from pipeline.data.layout import submission_names as sample_names
 from pipeline.data.transforms import normalize
 from pipeline.errors import PipelineError
+from pipeline.inference import engine
 from pipeline.inference.engine import (
     Ensemble,
     Member,
@@ -30,6 +33,11 @@ from pipeline.inference.engine import (
 )
 from pipeline.models import build_model
 from pipeline.models.checkpoint import save_checkpoint
+from pipeline.refine.apply import refine_probs
+from pipeline.refine.geometry import edge_band
+from pipeline.refine.net import EdgeRefiner
+from pipeline.refine.store import save_refiner
+from pipeline.runs import refiner_beside
 
 FP32 = PredictConfig(precision="fp32", num_workers=0, batch_size=4)
 
@@ -201,6 +209,30 @@ def test_load_ensemble_uses_each_training_size(tmp_path, ckpt):
     assert all(not m.model.training for m in ens.members)
 
 
+@pytest.mark.parametrize("backend", [
+    "aot_eager",  # the graph capture alone: seconds
+    pytest.param("inductor", marks=pytest.mark.slow),  # C++ kernels built: 15-30 s on 2 cores
+])
+def test_a_compiled_ensemble_predicts_what_the_eager_one_does(ckpt, monkeypatch, backend):
+    monkeypatch.setattr(device, "COMPILE_BACKEND", backend)
+    tuned = []
+    monkeypatch.setattr(engine, "enable_fast_kernels", tuned.append)
+    cfg = dataclasses.replace(FP32, compile=True, tta=["hflip"])
+    try:
+        compiled = load_ensemble([ckpt], "cpu", cfg)
+        eager = load_ensemble([ckpt], "cpu", dataclasses.replace(cfg, compile=False))
+        assert tuned == [torch.device("cpu")] * 2  # cuDNN autotuning asked for (a no-op here)
+        assert compiled.members[0].model._compiled_call_impl is not None
+        assert eager.members[0].model._compiled_call_impl is None
+        images = {(32, 48): batch_of(asymmetric_images(3, 32, 48))}
+        for n in (3, 1):  # a smaller last batch is another shape: compiled again, same numbers
+            batch = {size: x[:n] for size, x in images.items()}
+            torch.testing.assert_close(predict_probs(compiled, batch, cfg, (64, 96)),
+                                       predict_probs(eager, batch, cfg, (64, 96)))
+    finally:
+        torch._dynamo.reset()
+
+
 def test_iter_predictions_in_order_with_workers_equal_to_naive_loop(tiny_data, ckpt):
     from pipeline.benchmark.engine_speed import naive_predict
     from pipeline.metrics import dice_per_image
@@ -225,7 +257,72 @@ def test_iter_predictions_in_order_with_workers_equal_to_naive_loop(tiny_data, c
     assert agreement.mean() > 0.95
 
 
-def test_the_unwired_refiner_is_refused_not_ignored(tiny_trained):
-    cfg = PredictConfig(refiner=True)
-    with pytest.raises(PipelineError, match="not wired into prediction yet"):
-        load_ensemble([tiny_trained.best], "cpu", cfg)
+# --------------------------------------------------------------------------- the edge refiner
+
+REFINE = RefineConfig(tile=8, context=4, band_margin=2, width=4)
+
+
+def nonzero_refiner(seed: int = 0) -> EdgeRefiner:
+    """A refiner whose last layer is not zero, so it changes what it refines."""
+    torch.manual_seed(seed)
+    refiner = EdgeRefiner(REFINE.width)
+    torch.nn.init.normal_(refiner.out.weight, std=0.5)
+    return refiner.eval()
+
+
+class SharpCar(nn.Module):
+    """Logits +8 on the middle rectangle, -8 elsewhere: a confident mask with a sharp edge."""
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        out = torch.full((n, 1, h, w), -8.0)
+        out[:, :, h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 8.0
+        return out
+
+
+def test_refined_probabilities_differ_only_inside_the_edge_band():
+    photos = batch_of(asymmetric_images(2, 32, 48))  # the full-size photos
+    images = {(16, 24): photos[:, ::2, ::2].contiguous()}  # what the model sees
+    plain = predict_probs(Ensemble([Member(SharpCar(), (16, 24))]), images, FP32, (32, 48))
+    refined_ens = Ensemble([Member(SharpCar(), (16, 24), "", nonzero_refiner(), REFINE)])
+    refined = predict_probs(refined_ens, images, FP32, (32, 48), photos)
+    band = edge_band(plain, REFINE.band_margin)
+    changed = (refined - plain).abs() > 1e-6
+    assert band.any() and not band.all()
+    assert changed.any() and not (changed & ~band).any()
+    with pytest.raises(ValueError, match="photos at the output size"):
+        predict_probs(refined_ens, images, FP32, (32, 48))  # refiners need the photos
+
+
+def test_several_members_refiners_are_averaged():
+    photos = batch_of(asymmetric_images(2, 32, 48))
+    images = {(32, 48): photos}
+    r0, r1 = nonzero_refiner(0), nonzero_refiner(1)
+    plain = predict_probs(Ensemble([Member(SharpCar(), (32, 48))] * 2), images, FP32, (32, 48))
+    ens = Ensemble([Member(SharpCar(), (32, 48), "", r0, REFINE),
+                    Member(SharpCar(), (32, 48), "", r1, REFINE)])
+    expected = (refine_probs(r0, REFINE, photos, plain) + refine_probs(r1, REFINE, photos, plain)) / 2
+    torch.testing.assert_close(predict_probs(ens, images, FP32, (32, 48), photos), expected)
+
+
+def test_predict_refiner_refines_with_the_full_size_photos(tiny_data, tmp_path):
+    ck = tiny_checkpoint(tmp_path / "tiny" / "fold0" / "best.pt")
+    save_refiner(refiner_beside(ck), nonzero_refiner(), REFINE, [])
+    paths = [Layout(tiny_data).test_dir / n for n in sample_names(tiny_data)[:3]]
+    cfg = dataclasses.replace(FP32, refiner=True)
+    ens = load_ensemble([ck], "cpu", cfg)
+    assert ens.refined and ens.files == [str(ck), str(refiner_beside(ck))]
+    (refined,) = iter_predictions(ens, paths, cfg, "cpu", (64, 96))
+    (plain,) = iter_predictions(load_ensemble([ck], "cpu", FP32), paths, FP32, "cpu", (64, 96))
+    photos = torch.from_numpy(np.stack([read_image(p) for p in paths]))
+    expected = refine_probs(ens.members[0].refiner, REFINE, photos, plain.probs)
+    torch.testing.assert_close(refined.probs, expected)
+    assert not torch.equal(refined.probs, plain.probs)
+
+
+def test_a_missing_refiner_is_one_line_naming_the_file_and_the_command(ckpt):
+    with pytest.raises(PipelineError) as err:
+        load_ensemble([ckpt], "cpu", dataclasses.replace(FP32, refiner=True))
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{refiner_beside(ckpt)}: ")
+    assert "python -m pipeline.refine -m tiny --fold 0 --checkpoints" in message

@@ -1,6 +1,6 @@
 """The loader feeding the inference engine: workers resize each image to every input size,
-masks come along when asked for, and a missing, corrupt or wrongly sized image becomes one
-clear error line raised after every earlier batch was predicted."""
+masks and full-size photos come along when asked for, and a missing, corrupt or wrongly sized
+image becomes one clear error line raised after every earlier batch was predicted."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pipeline.config import PredictConfig
-from pipeline.data.io import read_mask, write_image
+from pipeline.data.io import read_image, read_mask, write_image
 from pipeline.data.layout import Layout
 from pipeline.data.layout import submission_names as sample_names
 from pipeline.errors import PipelineError
@@ -35,6 +35,19 @@ def test_dataset_resizes_to_every_size_and_collates(tiny_data):
     assert batch.masks.shape == (3, 64, 96) and batch.masks.dtype == torch.uint8
     with pytest.raises(ValueError, match="one to one"):
         ImageDataset([layout.train_dir / imgs[0]], [(32, 48)], (64, 96), [])
+
+
+def test_the_full_size_photos_come_along_for_the_edge_refiner(tiny_data):
+    paths = [Layout(tiny_data).test_dir / n for n in sample_names(tiny_data)[:3]]
+    cpu = torch.device("cpu")
+    plain = next(iter(make_loader(ImageDataset(paths, [(32, 48)], (64, 96)), FP32, cpu)))
+    assert plain.photos is None
+    workers = dataclasses.replace(FP32, num_workers=1)
+    batch = next(iter(make_loader(ImageDataset(paths, [(32, 48)], (64, 96), photos=True),
+                                  workers, cpu)))
+    assert batch.photos.dtype == torch.uint8 and batch.photos.shape == (3, 64, 96, 3)
+    assert np.array_equal(batch.photos.numpy(), np.stack([read_image(p) for p in paths]))
+    assert torch.equal(batch.images[(32, 48)], plain.images[(32, 48)])
 
 
 def test_a_bad_item_is_an_error_line_not_an_exception(tmp_path, tiny_data):

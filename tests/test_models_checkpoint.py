@@ -124,6 +124,20 @@ def test_saved_weights_are_unwrapped(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_compiled_models_are_unwrapped_and_saved_without_prefixes(tmp_path, fast_compile):
+    model = build_model(tiny_unet(depth=2))
+    wrapped = torch.compile(model, backend="aot_eager")
+    assert any(k.startswith("_orig_mod.") for k in wrapped.state_dict())
+    assert unwrap(wrapped) is model and unwrap(_Wrapper(wrapped)) is model
+    cfg = Config(model=tiny_unet(depth=2))
+    for compiled in (wrapped, _Wrapper(wrapped)):
+        ckpt = load_checkpoint(save_checkpoint(tmp_path / "c.pt", compiled, cfg))
+        assert list(ckpt["state_dict"]) == list(model.state_dict())
+    loaded, _ = load_model(tmp_path / "c.pt")
+    for a, b in zip(loaded.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("weights", ["imagenet", "deleted file"])
 def test_loading_a_checkpoint_never_downloads_or_reads_encoder_weights(
         tmp_path, no_network, weights):

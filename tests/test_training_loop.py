@@ -1,5 +1,6 @@
 """pipeline.training.loop: one training epoch learns, one validation pass counts exactly what an
-independent computation counts, and a time-budget probe can shorten an epoch."""
+independent computation counts, a time-budget probe can shorten an epoch, and the uint8 batches
+of the workers are normalised on the device exactly as the per-image reference does."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from torch.utils.data import DataLoader
 from pipeline.config import ModelConfig, TrainConfig
 from pipeline.data.dataset import SegmentationDataset
 from pipeline.data.layout import train_index
+from pipeline.data.transforms import normalize
 from pipeline.device import Precision
 from pipeline.losses import build_loss
 from pipeline.metrics import count_metrics, dice_per_image
 from pipeline.models.factory import build_model
-from pipeline.training.loop import train_one_epoch, validate_epoch
+from pipeline.training.loop import to_input, to_target, train_one_epoch, validate_epoch
 from pipeline.training.schedule import Schedule, build_optimizer
 
 
@@ -30,6 +32,7 @@ def test_tiny_model_overfits_a_tiny_batch(tiny_data):
     opt = build_optimizer(model, cfg)
     loss_fn = build_loss(cfg)
     x, y = next(iter(loader))
+    x, y = to_input(x, torch.device("cpu"), False), to_target(y, torch.device("cpu"))
 
     def dice() -> float:
         # batch statistics: the batch is the whole data set here, and 30 steps are too few for
@@ -78,7 +81,7 @@ def test_validate_epoch_matches_an_independent_computation(tiny_data, full_res):
         target = torch.stack([it[2] for it in items])
         logits = F.interpolate(model.band, size=(64, 96), mode="bilinear", align_corners=False)
     else:
-        target = torch.stack([it[1][0] for it in items])
+        target = torch.stack([it[1] for it in items])
         logits = model.band
     pred = (logits[0, 0] > 0).expand_as(target)
     expected_dice = dice_per_image(pred.numpy(), target.numpy()).mean()
@@ -107,3 +110,19 @@ def test_probe_can_shorten_an_epoch(tiny_data):
                              progress=False, probe_steps=2, probe_skip=1, on_probe=on_probe)
     assert len(paces) == 1 and paces[0] > 0
     assert result.images == 6 and result.batches == 3  # 3 batches of 2, not 6
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_device_input_equals_the_per_image_normalisation(tiny_data, channels_last):
+    rows = train_index(tiny_data).head(3)
+    ds = SegmentationDataset(rows, 32, 48)
+    images, masks = (torch.stack(t) for t in zip(*(ds[i] for i in range(3))))
+    x = to_input(images, torch.device("cpu"), channels_last)
+    expected = torch.stack([normalize(im.numpy()) for im in images])
+    assert x.dtype == torch.float32 and x.shape == (3, 3, 32, 48)
+    assert torch.equal(x, expected)  # bit for bit: training did not change with the move
+    assert x.is_contiguous(memory_format=torch.channels_last if channels_last
+                           else torch.contiguous_format)
+    y = to_target(masks, torch.device("cpu"))
+    assert y.shape == (3, 1, 32, 48) and y.dtype == torch.float32
+    assert torch.equal(y[:, 0], masks.float())

@@ -419,3 +419,110 @@ def test_checkpoints_record_their_split(tiny_data, tiny_folds, tiny_cache, tmp_p
         split = load_checkpoint(path)["split"]
         assert split["fold"] == 0 and split["folds_file"] == str(tiny_folds)
         assert len(split["val_images"]) == 16
+
+
+def test_crop_trains_on_windows_and_validates_the_whole_image(tiny_data, tiny_folds, tiny_cache,
+                                                            tmp_path, monkeypatch):
+    seen = {"train": set(), "val": set()}
+    real_loss = trainer.build_loss
+
+    def recording_loss(tc):
+        loss = real_loss(tc)
+
+        def record(logits, target):
+            seen["train" if torch.is_grad_enabled() else "val"].add(tuple(target.shape[-2:]))
+            return loss(logits, target)
+
+        return record
+
+    monkeypatch.setattr(trainer, "build_loss", recording_loss)
+    cfg = tiny_config(tiny_data, tiny_cache, epochs=1, crop="[32,64]")
+    run = tiny_run(tmp_path)
+    train(cfg, 0, folds_path=tiny_folds, run=run, progress=False)
+    assert seen == {"train": {(32, 64)}, "val": {(64, 96)}}
+    stored = checkpoint_config(load_checkpoint(run.best))
+    assert stored.train.crop == [32, 64] and (stored.train.height, stored.train.width) == (64, 96)
+
+
+def test_crop_larger_than_the_image_is_one_line(tiny_data, tiny_folds, tiny_cache, tmp_path):
+    cfg = tiny_config(tiny_data, tiny_cache, crop="[65,64]")
+    run = tiny_run(tmp_path)
+    with pytest.raises(PipelineError, match="train.crop"):
+        train(cfg, 0, folds_path=tiny_folds, run=run, progress=False)
+    assert not run.last.exists()
+
+
+# --------------------------------------------------------------------------- GPU-path options
+
+
+def test_compile_is_in_place_after_the_weight_average_is_copied(tiny_data, tiny_cache,
+                                                                fast_compile):
+    cfg = tiny_config(tiny_data, tiny_cache, compile=True, ema=0.9)
+    parts = trainer.build_parts(cfg, trainer.DistInfo(), steps_per_epoch=1)
+    assert parts.model._compiled_call_impl is not None
+    assert parts.ema.module._compiled_call_impl is None  # the average stays eager
+    assert not any(k.startswith("_orig_mod.") for k in parts.model.state_dict())
+
+
+def test_a_compiled_step_trains_and_saves_weights_a_plain_model_loads(
+        tiny_data, tiny_folds, tiny_cache, tmp_path, fast_compile, monkeypatch):
+    tuned = []
+    monkeypatch.setattr(trainer.device, "enable_fast_kernels", tuned.append)
+    runs = {}
+    for compile_ in (False, True):
+        runs[compile_] = tiny_run(tmp_path, f"compile_{compile_}")
+        cfg = tiny_config(tiny_data, tiny_cache, epochs=1, max_steps=1, compile=compile_)
+        train(cfg, 0, folds_path=tiny_folds, run=runs[compile_], progress=False)
+    assert tuned == [torch.device("cpu")] * 2  # cuDNN autotuning asked for (a no-op here)
+    eager, compiled = load_checkpoint(runs[False].last), load_checkpoint(runs[True].last)
+    assert checkpoint_config(compiled).train.compile is True
+    assert list(compiled["state_dict"]) == list(eager["state_dict"])  # no _orig_mod. prefix
+    # the same first batch through the captured forward and backward graphs: the same loss
+    # and the same step (aot_eager runs the same kernels; measured identical)
+    assert history_of(runs[True])[0]["train_loss"] == pytest.approx(
+        history_of(runs[False])[0]["train_loss"], rel=1e-5)
+    for k, v in eager["state_dict"].items():
+        torch.testing.assert_close(compiled["state_dict"][k], v)
+    model, _ = load_model(runs[True].best)  # a fresh, uncompiled model
+    assert model._compiled_call_impl is None
+    assert model(torch.zeros(1, 3, 64, 96)).shape == (1, 1, 64, 96)
+
+
+def _batchnorms(model: torch.nn.Module) -> set[type]:
+    return {type(m) for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)}
+
+
+def test_sync_bn_converts_under_ddp_only(tiny_data, tiny_cache):
+    cfg = tiny_config(tiny_data, tiny_cache, sync_bn=True)
+    one = trainer.build_parts(cfg, trainer.DistInfo(), steps_per_epoch=1)
+    assert _batchnorms(one.model) == {torch.nn.BatchNorm2d}  # one process: nothing to sync
+    ddp = trainer.build_parts(cfg, trainer.DistInfo(world_size=2), steps_per_epoch=1)
+    assert _batchnorms(ddp.model) == {torch.nn.SyncBatchNorm}
+    assert list(ddp.model.state_dict()) == list(one.model.state_dict())
+
+
+def test_sync_bn_under_ddp_on_cpus_fails_before_any_output(tiny_data, tiny_folds, tiny_cache,
+                                                           tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer.distributed, "setup", lambda: trainer.DistInfo(world_size=2))
+    with pytest.raises(PipelineError) as exc:
+        train(tiny_config(tiny_data, tiny_cache, sync_bn=True), 0, folds_path=tiny_folds,
+              run=tiny_run(tmp_path), progress=False)
+    assert _one_line(exc).startswith("train.sync_bn=true needs one CUDA GPU per process")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_small_dev_shm_fails_before_any_output(tiny_data, tiny_folds, tiny_cache, tmp_path,
+                                                 monkeypatch):
+    sizes = []
+
+    def full_shm(path):
+        sizes.append(path)
+        return os.statvfs_result((4096, 4096, 16384, 0, 0, 0, 0, 0, 0, 255))  # 64 MiB, all used
+
+    monkeypatch.setattr(trainer.shm.os, "statvfs", full_shm)
+    with pytest.raises(PipelineError) as exc:
+        train(tiny_config(tiny_data, tiny_cache, num_workers=2), 0, folds_path=tiny_folds,
+              run=tiny_run(tmp_path), progress=False)
+    assert sizes == ["/dev/shm"]
+    assert _one_line(exc).startswith("/dev/shm has 0 MiB free but the DataLoader workers need")
+    assert not (tmp_path / "run").exists()

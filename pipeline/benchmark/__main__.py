@@ -1,7 +1,8 @@
 """``python -m pipeline.benchmark``: the comparison table and the micro-benchmarks, one Typer app.
 
     table     the model comparison from the training records and CV summaries (a DVC stage)
-    rle       our RLE against the common Kaggle kernel
+    rle       our RLE against the common Kaggle kernel; the largest-region clean-up against
+              OpenCV on full masks
     models    parameters, forward and training-step speed of every model config
     predict   the inference engine against a naive loop
     gpu       training and end-to-end prediction speed of a GPU (or, tiny, a CPU)

@@ -33,7 +33,7 @@ from pipeline.fingerprint import code_version, file_stats, fingerprint
 from pipeline.inference.engine import load_ensemble
 from pipeline.models.checkpoint import load_checkpoint
 from pipeline.records import CVSummary, PredictSettings
-from pipeline.runs import ModelPaths, fold_of
+from pipeline.runs import ModelPaths, fold_of, refiner_beside
 from pipeline.typed import build
 
 
@@ -59,7 +59,7 @@ def predict_settings(p: PredictConfig, device: torch.device) -> PredictSettings:
     precision = resolve_precision(p.precision, device, what="predict.precision")
     return PredictSettings(tta=list(p.tta), threshold=p.threshold,
                            largest_component=p.largest_component, precision=precision.name,
-                           device=device.type)
+                           device=device.type, refiner=p.refiner)
 
 
 # --------------------------------------------------------------------------- resume
@@ -74,6 +74,13 @@ def resume_key(p: PredictConfig, device: torch.device, data_root: str | Path,
     return (vars(settings), code_version(), str(Path(data_root).resolve()),
             rows["img"].tolist(), file_stats(rows["image_path"]),
             fingerprint(list(rows["mask_path"])))
+
+
+def model_files(checkpoint: Path, p: PredictConfig) -> list[Path]:
+    """The files a fold's scores come from: its checkpoint and, with ``predict.refiner``, the
+    refiner beside it (when there: a missing one fails as one line when the model loads)."""
+    refiner = refiner_beside(checkpoint)
+    return [checkpoint, refiner] if p.refiner and refiner.is_file() else [checkpoint]
 
 
 def _fold_cache(report_dir: Path, fold: int) -> tuple[Path, Path]:
@@ -152,7 +159,8 @@ def evaluate_oof(
         warning = check_split(load_checkpoint(ckpt).get("split"), fold, folds_path, ckpt)
         if warning and dist.is_main:
             print(f"warning: {warning}", file=sys.stderr)
-        key = fingerprint([ckpt], resume_key(p, dist.device, data_root, rows), out_shape)
+        key = fingerprint(model_files(ckpt, p), resume_key(p, dist.device, data_root, rows),
+                          out_shape)
         cached = _load_cached(report_dir, fold, key)
         if cached is None:
             ensemble = load_ensemble([ckpt], dist.device, p)

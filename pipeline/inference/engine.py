@@ -15,7 +15,12 @@ Per batch of images:
    (``align_corners=False``) to the output shape, 1280 x 1918 by default. Upsampling is
    linear, so upsampling the average equals averaging the upsampled maps: it runs once per
    size group instead of once per flip and model.
-6. ``probs > threshold`` gives the masks (with ``largest_component``, only each one's largest
+6. With ``predict.refiner``, each member's edge refiner (``refiner.pt`` beside its checkpoint,
+   ``python -m pipeline.refine``) redraws the averaged full-size probabilities along the mask's
+   edge from the full-size photo (:func:`pipeline.refine.apply.refine_probs`), and the
+   refiners' results are averaged: the same mean-of-probabilities rule as the models. Pixels
+   off the edge band keep the ensemble's probability.
+7. ``probs > threshold`` gives the masks (with ``largest_component``, only each one's largest
    region); :func:`masks_to_rle` encodes them on the device and only the run boundaries come
    back to the CPU.
 
@@ -35,13 +40,17 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline import rle
-from pipeline.config import FULL_SHAPE, PredictConfig
+from pipeline.config import FULL_SHAPE, PredictConfig, RefineConfig
 from pipeline.data.transforms import normalize_batch
-from pipeline.device import autocast, resolve_precision
+from pipeline.device import autocast, compile_model, enable_fast_kernels, resolve_precision
 from pipeline.errors import PipelineError
 from pipeline.inference.loader import ImageDataset, make_loader
 from pipeline.models.checkpoint import checkpoint_config, load_model
 from pipeline.postprocess import largest_component as keep_largest
+from pipeline.refine.apply import refine_probs
+from pipeline.refine.net import EdgeRefiner
+from pipeline.refine.store import load_refiner
+from pipeline.runs import refiner_beside
 
 # Flip TTA: name -> tensor dims flipped on an N x C x H x W batch. Flipping is its own inverse,
 # so the same dims flip the prediction back.
@@ -90,11 +99,14 @@ def masks_to_rle(probs: torch.Tensor, threshold: float = 0.5,
 
 @dataclass
 class Member:
-    """One model of an ensemble and the (height, width) it was trained at."""
+    """One model of an ensemble, the (height, width) it was trained at, and its edge refiner
+    with that refiner's settings when ``predict.refiner`` is on."""
 
     model: nn.Module
     size: tuple[int, int]
     source: str = ""
+    refiner: EdgeRefiner | None = None
+    refine: RefineConfig | None = None
 
 
 @dataclass
@@ -107,6 +119,17 @@ class Ensemble:
     def sizes(self) -> list[tuple[int, int]]:
         """Distinct input sizes, in first-seen order (what the workers resize to)."""
         return list(dict.fromkeys(m.size for m in self.members))
+
+    @property
+    def refined(self) -> bool:
+        """Whether the full-size photos are needed: some member has an edge refiner."""
+        return any(m.refiner is not None for m in self.members)
+
+    @property
+    def files(self) -> list[str]:
+        """Every file the predictions come from: checkpoints, then refiners."""
+        return ([m.source for m in self.members]
+                + [str(refiner_beside(m.source)) for m in self.members if m.refiner is not None])
 
     def groups(self) -> dict[tuple[int, int], list[Member]]:
         out: dict[tuple[int, int], list[Member]] = {}
@@ -121,21 +144,26 @@ def load_ensemble(
     cfg: PredictConfig | None = None,
 ) -> Ensemble:
     """Rebuild each checkpoint's model (eval mode, on ``device``) with the input size it was
-    trained at (``train.height`` x ``train.width`` of its stored config)."""
+    trained at (``train.height`` x ``train.width`` of its stored config); compiled in place
+    with ``predict.compile``; with ``predict.refiner``, the ``refiner.pt`` beside each
+    checkpoint too. On a GPU, cuDNN picks its fastest kernels per input shape."""
     if not checkpoints:
         raise PipelineError("no checkpoints to predict with; train first or pass --checkpoint")
     device = torch.device(device)
     cfg = cfg or PredictConfig()
-    if cfg.refiner:
-        raise PipelineError("predict.refiner=true: the edge refiner is not wired into "
-                            "prediction yet (pipeline/refine); set predict.refiner=false")
+    enable_fast_kernels(device)
     members = []
     for path in checkpoints:
         model, ckpt = load_model(path, map_location=device)
         train = checkpoint_config(ckpt).train
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        members.append(Member(model.eval(), (train.height, train.width), str(path)))
+        if cfg.compile:
+            compile_model(model)
+        refiner, refine = (load_refiner(refiner_beside(path), device, ckpt.get("split"))
+                           if cfg.refiner else (None, None))
+        members.append(Member(model.eval(), (train.height, train.width), str(path), refiner,
+                              refine))
     return Ensemble(members)
 
 
@@ -145,6 +173,7 @@ def predict_probs(
     images: dict[tuple[int, int], torch.Tensor],
     cfg: PredictConfig,
     out_shape: tuple[int, int] = FULL_SHAPE,
+    photos: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Averaged car probabilities, float32 N x H x W on the images' device.
 
@@ -152,6 +181,8 @@ def predict_probs(
     to it: uint8 N x h x w x 3 RGB. Every model sees its own size; each view of
     ``cfg.tta`` is predicted and flipped back; probabilities are averaged over views and
     models, upsampled per size group, then averaged over groups weighted by their model count.
+    An ensemble with edge refiners also needs ``photos``, the batch at ``out_shape`` (uint8
+    N x H x W x 3): see :func:`refine_ensemble`.
     """
     views = tta_dims(cfg.tta)
     total = None
@@ -174,7 +205,21 @@ def predict_probs(
         # Sum of the group's probabilities at full size; divided by the total count below.
         group = upsample(acc, out_shape)
         total = group if total is None else total.add_(group)
-    return total.div_(len(views) * len(ensemble.members))
+    probs = total.div_(len(views) * len(ensemble.members))
+    return refine_ensemble(ensemble, probs, photos, cfg) if ensemble.refined else probs
+
+
+def refine_ensemble(ensemble: Ensemble, probs: torch.Tensor, photos: torch.Tensor | None,
+                    cfg: PredictConfig) -> torch.Tensor:
+    """The ensemble's full-size ``probs`` redrawn along their edges by each member's refiner
+    from ``photos`` (uint8 N x H x W x 3), averaged over the refiners."""
+    if photos is None or tuple(photos.shape[1:3]) != tuple(probs.shape[1:]):
+        raise ValueError("an ensemble with edge refiners needs the photos at the output size")
+    precision = resolve_precision(cfg.precision, probs.device, what="predict.precision",
+                                  warn=lambda _: None)  # predict_probs warned
+    refined = [refine_probs(m.refiner, m.refine, photos, probs, precision)
+               for m in ensemble.members if m.refiner is not None]
+    return torch.stack(refined).mean(0) if len(refined) > 1 else refined[0]
 
 
 @dataclass
@@ -205,7 +250,8 @@ def iter_predictions(
     ``progress``: False, True or a tqdm description.
     """
     device = torch.device(device)
-    dataset = ImageDataset(image_paths, ensemble.sizes, out_shape, mask_paths)
+    dataset = ImageDataset(image_paths, ensemble.sizes, out_shape, mask_paths,
+                           photos=ensemble.refined)
     loader = make_loader(dataset, cfg, device)
     desc = progress if isinstance(progress, str) else "predict"
     bar = tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress, smoothing=0.1)
@@ -214,7 +260,10 @@ def iter_predictions(
             if batch.error:
                 raise PipelineError(batch.error)
             images = {s: t.to(device, non_blocking=True) for s, t in batch.images.items()}
-            probs = predict_probs(ensemble, images, cfg, out_shape)
+            photos = batch.photos  # full size, only for edge refiners
+            if photos is not None:
+                photos = photos.to(device, non_blocking=True)
+            probs = predict_probs(ensemble, images, cfg, out_shape, photos)
             masks = None if batch.masks is None else batch.masks.to(device, non_blocking=True)
             yield Prediction(batch.indices, batch.names, probs, masks)
             bar.update(len(batch.names))

@@ -1,5 +1,6 @@
 """Reading the images to predict: a Dataset whose workers decode each JPEG and resize it to every
-input size an ensemble needs, and the batches it collates."""
+input size an ensemble needs (and keep the full-size photo when an edge refiner needs it), and
+the batches it collates."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from pipeline.errors import PipelineError
 
 class ImageDataset(Dataset):
     """Reads one image (and optionally its mask) per item and resizes the image to each of
-    ``sizes`` in the worker. Every image must be ``out_shape`` (H, W); a problem (missing,
+    ``sizes`` in the worker; with ``photos`` the full-size uint8 photo comes along too (the
+    edge refiner's input). Every image must be ``out_shape`` (H, W); a problem (missing,
     unreadable, wrong size) is returned as an ``error`` line rather than raised, so the main
     process can raise it as one clear :class:`PipelineError`."""
 
@@ -29,6 +31,7 @@ class ImageDataset(Dataset):
         sizes: Sequence[tuple[int, int]],
         out_shape: tuple[int, int] = FULL_SHAPE,
         mask_paths: Sequence[str | Path] | None = None,
+        photos: bool = False,
     ):
         if mask_paths is not None and len(mask_paths) != len(image_paths):
             raise ValueError("mask_paths must match image_paths one to one")
@@ -36,17 +39,21 @@ class ImageDataset(Dataset):
         self.mask_paths = None if mask_paths is None else [str(p) for p in mask_paths]
         self.sizes = [tuple(s) for s in sizes]
         self.out_shape = tuple(out_shape)
+        self.photos = photos
 
     def __len__(self) -> int:
         return len(self.image_paths)
 
     def __getitem__(self, i: int) -> dict:
         path = self.image_paths[i]
-        item = {"index": i, "name": Path(path).name, "images": {}, "mask": None, "error": ""}
+        item = {"index": i, "name": Path(path).name, "images": {}, "mask": None, "photo": None,
+                "error": ""}
         try:
             image = read_image(path)
             _check_shape(path, image.shape[:2], self.out_shape)
             item["images"] = {s: torch.from_numpy(resize_image(image, *s)) for s in self.sizes}
+            if self.photos:
+                item["photo"] = torch.from_numpy(np.ascontiguousarray(image))
             if self.mask_paths is not None:
                 mask = read_mask(self.mask_paths[i])
                 _check_shape(self.mask_paths[i], mask.shape[:2], self.out_shape)
@@ -67,12 +74,14 @@ def _check_shape(path: str, shape: tuple[int, int], expected: tuple[int, int]) -
 @dataclass
 class Batch:
     """A collated batch: positions in the input list, file names, resized images per size,
-    full-size masks (N x H x W uint8) when asked for, and the first error found."""
+    full-size masks (N x H x W uint8) and photos (N x H x W x 3 uint8) when asked for, and the
+    first error found."""
 
     indices: list[int]
     names: list[str]
     images: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
     masks: torch.Tensor | None = None
+    photos: torch.Tensor | None = None
     error: str = ""
 
     def pin_memory(self) -> Batch:
@@ -81,6 +90,8 @@ class Batch:
         self.images = {s: t.pin_memory() for s, t in self.images.items()}
         if self.masks is not None:
             self.masks = self.masks.pin_memory()
+        if self.photos is not None:
+            self.photos = self.photos.pin_memory()
         return self
 
 
@@ -94,6 +105,8 @@ def collate(items: list[dict]) -> Batch:
         batch.images[size] = torch.stack([it["images"][size] for it in items])
     if items[0]["mask"] is not None:
         batch.masks = torch.stack([it["mask"] for it in items])
+    if items[0]["photo"] is not None:
+        batch.photos = torch.stack([it["photo"] for it in items])
     return batch
 
 

@@ -37,7 +37,8 @@ FORMAT = 1
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The bare model under DistributedDataParallel / torch.compile wrappers."""
+    """The bare model under DistributedDataParallel / ``torch.compile(model)`` wrappers (a model
+    compiled in place, ``model.compile()``, is its own bare model)."""
     while True:
         if hasattr(model, "module") and isinstance(model.module, nn.Module):
             model = model.module

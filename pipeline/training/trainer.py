@@ -17,8 +17,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pipeline import distributed
+from pipeline import device, distributed
 from pipeline.config import Config, to_dict
+from pipeline.data.dataset import crop_size
 from pipeline.data.splits import split_id
 from pipeline.device import Precision, peak_memory_mib, reset_peak_memory, resolve_precision
 from pipeline.distributed import DistInfo
@@ -29,7 +30,7 @@ from pipeline.models.checkpoint import load_checkpoint, model_config_of, save_ch
 from pipeline.models.factory import build_model, count_parameters
 from pipeline.records import TrainRecord, write_record
 from pipeline.runs import RunPaths
-from pipeline.training import budget
+from pipeline.training import budget, shm
 from pipeline.training.ema import WeightEMA
 from pipeline.training.loaders import cache_rows, make_loaders, run_rows, set_epoch
 from pipeline.training.loop import NonFiniteLoss, train_one_epoch, validate_epoch
@@ -70,11 +71,15 @@ def build_parts(cfg: Config, info: DistInfo, steps_per_epoch: int) -> Parts:
     model = build_model(cfg.model)
     if tc.init_from:
         init_weights(model, tc.init_from, cfg)
+    if tc.sync_bn and info.enabled:  # one process: BatchNorm already sees the whole batch
+        model = distributed.sync_batchnorm(model)
     model = model.to(info.device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, tc)
-    ema = WeightEMA(model, tc.ema) if tc.ema > 0 else None
+    ema = WeightEMA(model, tc.ema) if tc.ema > 0 else None  # copied before compiling: eager
+    if tc.compile:  # in place, before DDP wraps it (as PyTorch advises)
+        device.compile_model(model)
     return Parts(model, optimizer, Schedule(optimizer, tc, steps_per_epoch),
                  torch.amp.GradScaler(info.device.type, enabled=precision.scaler),
                  build_loss(tc), precision, channels_last, ema)
@@ -170,11 +175,16 @@ def _train(cfg: Config, fold: int, info: DistInfo, *, folds_path, run: RunPaths,
     tc, main = cfg.train, info.is_main
     # Settings first: a typo fails in a second, not after the cache is built.
     build_loss(tc)
+    crop_size(tc)
     resolve_precision(tc.precision, info.device, what="train.precision", warn=_silent)
     if min(tc.accumulate, tc.batch_size, tc.epochs) < 1:
         raise PipelineError("train.epochs, train.batch_size and train.accumulate must be >= 1")
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
+    if tc.sync_bn:
+        distributed.check_sync_bn(info)
+    distributed.run_on_all_ranks(lambda: shm.check_shm(
+        tc, crop_size(tc) or (tc.height, tc.width), distributed.local_world_size(info)), info)
 
     train_rows, val_rows = run_rows(cfg, fold, folds_path)
     split = split_id(fold, folds_path) if fold >= 0 else None
@@ -199,6 +209,7 @@ def _train(cfg: Config, fold: int, info: DistInfo, *, folds_path, run: RunPaths,
         device_ids = [info.device.index] if info.device.type == "cuda" else None
         parts.model = nn.parallel.DistributedDataParallel(parts.model, device_ids=device_ids)
 
+    device.enable_fast_kernels(info.device)
     tracker = Tracker(run.live_dir, enabled=main, use_dvclive=tc.live,
                       params={"fold": fold, **to_dict(cfg)})
     tracker.replay(state.history)

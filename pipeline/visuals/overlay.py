@@ -21,7 +21,6 @@ from pipeline.data.transforms import resize_image
 from pipeline.errors import PipelineError
 from pipeline.inference.engine import (
     Ensemble,
-    Member,
     load_ensemble,
     predict_probs,
     to_masks,
@@ -60,14 +59,14 @@ def predict_probability(
     another aspect ratio keeps its shape. Carvana photos get exactly the engine's input.
     """
     height, width = image.shape[:2]
-    fitted = Ensemble(
-        [Member(m.model, fit_size(height, width, *m.size), m.source) for m in ensemble.members]
-    )
+    fitted = Ensemble([dataclasses.replace(m, size=fit_size(height, width, *m.size))
+                       for m in ensemble.members])
     batches = {
         size: torch.from_numpy(resize_image(image, *size))[None].to(device)
         for size in fitted.sizes
     }
-    probs = predict_probs(fitted, batches, cfg, out_shape=(height, width))
+    photos = torch.from_numpy(image)[None].to(device) if fitted.refined else None
+    probs = predict_probs(fitted, batches, cfg, out_shape=(height, width), photos=photos)
     return probs[0].clamp(0, 1).cpu().numpy()
 
 
