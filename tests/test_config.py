@@ -104,3 +104,19 @@ def test_model_path_takes_a_name_or_a_path():
     assert model_path("unet_small") == "configs/models/unet_small.yaml"
     assert model_path("my.yaml") == "my.yaml"
     assert model_path("other/dir/unet") == "other/dir/unet"
+
+
+@pytest.mark.parametrize("profile", sorted((REPO / "configs" / "profiles").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_every_profile_loads_with_valid_training_settings(profile):
+    # a profile is a recipe: every key must exist and the settings checked before training
+    # (loss, precision name, crop inside the training size) must hold
+    from pipeline.data.dataset import crop_size
+    from pipeline.device import PRECISIONS
+    from pipeline.losses import build_loss
+
+    cfg = load_config([REPO / "configs" / "base.yaml", profile])
+    build_loss(cfg.train)
+    crop_size(cfg.train)
+    assert cfg.train.precision in PRECISIONS and cfg.predict.precision in PRECISIONS
+    assert cfg.train.epochs >= 1 and cfg.train.time_budget_min == 0  # fixed work, reproducible
