@@ -150,6 +150,9 @@ class TrainConfig:
     init_from: str = ""  # a checkpoint whose weights start the run (progressive resizing)
     pseudo_root: str = ""  # pseudo-label folder (python -m pipeline.pseudo) added to training
     crop: list[int] = field(default_factory=list)  # [h, w]: random crops of the resized image
+    # continuation phases (progressive resizing): each a mapping of the train keys that change,
+    # trained from the previous phase's best.pt (pipeline.training.recipe checks the keys)
+    progressive: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -165,13 +168,15 @@ class PredictConfig:
     channels_last: bool = True
     compile: bool = False  # torch.compile each model in place; each new input shape compiles first
     refiner: bool = False  # apply the edge refiner saved beside each model (refiner.pt)
+    decode: str = "workers"  # workers: OpenCV in DataLoader workers; device: batched on the device
 
 
 @dataclass
 class RefineConfig:
     """The full-resolution edge refiner: a small network on windows along the coarse mask's
-    edge, trained on synthetic coarse inputs by ``python -m pipeline.refine --fold K`` (saved
-    beside that fold's best.pt) and applied by ``predict.refiner=true``."""
+    edge, trained on synthetic coarse inputs by ``python -m pipeline.refine --fold K`` or, with
+    ``train: true``, by the train stage after the model (saved beside that fold's best.pt) and
+    applied by ``predict.refiner=true``."""
 
     jitter: float = 0.15  # the coarse size: the run's training size x (1 +- jitter) per image
     patch: int = 96  # training window side (even)
@@ -187,6 +192,7 @@ class RefineConfig:
     seed: int = 42
     log_every: int = runtime(50)
     num_workers: int = runtime(2)
+    train: bool = False  # the train stage trains it after the model (refiner.pt beside best.pt)
 
 
 @dataclass

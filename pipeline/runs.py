@@ -2,9 +2,12 @@
 
     <checkpoints>/<label>/fold<K>/best.pt    best validation Dice (fold -1: the last epoch)
     <checkpoints>/<label>/fold<K>/last.pt    last epoch and the state to resume from
-    <checkpoints>/<label>/fold<K>/refiner.pt its edge refiner (python -m pipeline.refine)
+    <checkpoints>/<label>/fold<K>/refiner.pt its edge refiner (pipeline.refine, refine.train)
+    <checkpoints>/<label>/fold<K>/phase<I>/  an earlier phase of train.progressive: best.pt,
+                                             last.pt and record.json (its training record)
     <metrics>/<label>/fold<K>.json           the training record (pipeline.records.TrainRecord)
     <live>/<label>/fold<K>/                  DVCLive per-epoch metrics and curves.png
+    <live>/<label>/fold<K>/phase<I>/         the same for an earlier phase
     <metrics>/<label>/cv.json                out-of-fold summary (pipeline.records.CVSummary)
     <reports>/<label>/                       evaluation report: per-image CSV, PNGs
 
@@ -14,6 +17,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,15 +81,22 @@ class ModelPaths:
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Every path of one run: model ``label`` trained on fold ``fold``."""
+    """Every path of one run: model ``label`` trained on fold ``fold`` (``phase``: an earlier
+    phase of a progressive run, kept in a ``phase<I>`` subfolder; None: the run's final one)."""
 
     label: str
     fold: int
     roots: Roots = field(default_factory=Roots)
+    phase: int | None = None
+
+    def phase_paths(self, index: int) -> RunPaths:
+        """The paths of this run's earlier phase ``index`` (``train.progressive``)."""
+        return dataclasses.replace(self, phase=index)
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.roots.checkpoints / self.label / f"fold{self.fold}"
+        run = self.roots.checkpoints / self.label / f"fold{self.fold}"
+        return run if self.phase is None else run / f"phase{self.phase}"
 
     @property
     def best(self) -> Path:
@@ -101,11 +112,14 @@ class RunPaths:
 
     @property
     def record(self) -> Path:
+        if self.phase is not None:  # beside its checkpoints: the metrics root holds DVC's
+            return self.checkpoint_dir / "record.json"
         return self.roots.metrics / self.label / f"fold{self.fold}.json"
 
     @property
     def live_dir(self) -> Path:
-        return self.roots.live / self.label / f"fold{self.fold}"
+        run = self.roots.live / self.label / f"fold{self.fold}"
+        return run if self.phase is None else run / f"phase{self.phase}"
 
     @property
     def report_dir(self) -> Path:

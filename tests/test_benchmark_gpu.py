@@ -22,7 +22,7 @@ SHRINK = ["predict.num_workers=0", "model.base_width=8", "model.depth=2",
           "model.encoder=resnet18"]
 TRAIN_FIELDS = {"model", "params", "height", "width", "batch_size", "precision", "status",
                 "train_img_per_s", "train_peak_mib", "forward_img_per_s", "forward_peak_mib"}
-PREDICT_FIELDS = {"model", "models", "engine_img_per_s", "compute_img_per_s", "busy_fraction",
+PREDICT_FIELDS = {"model", "models", "decode", "engine_img_per_s", "compute_img_per_s", "busy_fraction",
                   "nvml_utilisation", "peak_mib", "projected_minutes_test_set",
                   "naive_img_per_s", "naive_images", "speedup_vs_naive"}
 
@@ -60,9 +60,10 @@ def test_benchmark_gpu_on_a_cpu_at_a_tiny_size(tmp_path):
     assert pred["input_size"] == pred["output_size"] == [64, 96] and pred["tta"] == ["hflip"]
     assert pred["images"] == 4 and pred["data"].startswith("synthetic")
     assert pred["precision"] == resolve_precision("auto", torch.device("cpu")).name
-    rows = {(r["model"], r["models"]): r for r in pred["results"]}
-    assert set(rows) == {(m, k) for m in ("smp_unet_resnet34", "unet") for k in (1, 2)}
-    for (model, members), r in rows.items():
+    rows = {(r["model"], r["models"], r["decode"]): r for r in pred["results"]}
+    assert set(rows) == {(m, k, "workers") for m in ("smp_unet_resnet34", "unet")
+                         for k in (1, 2)} | {("smp_unet_resnet34", 1, "device")}
+    for (model, members, decode), r in rows.items():
         assert PREDICT_FIELDS <= set(r)
         assert r["engine_img_per_s"] > 0 and r["compute_img_per_s"] > 0
         # busy = compute-only time / end-to-end time of the same images
@@ -70,7 +71,7 @@ def test_benchmark_gpu_on_a_cpu_at_a_tiny_size(tmp_path):
         assert r["projected_minutes_test_set"] == pytest.approx(
             100_064 / r["engine_img_per_s"] / 60)
         assert r["nvml_utilisation"] is None and r["peak_mib"] is None
-        if members == 1:
+        if members == 1 and decode == "workers":
             assert r["naive_img_per_s"] > 0 and r["naive_images"] == 4
             assert r["speedup_vs_naive"] == pytest.approx(
                 r["engine_img_per_s"] / r["naive_img_per_s"])
@@ -78,13 +79,20 @@ def test_benchmark_gpu_on_a_cpu_at_a_tiny_size(tmp_path):
             # (no speed comparison here: timings on a shared CI machine are noise; the
             # benchmark itself reports them)
             assert r["naive_img_per_s"] is None and r["speedup_vs_naive"] is None
+    dec = pred["decode"]
+    assert dec["input_size"] == [64, 96] and dec["workers_img_per_s"] > 0
+    assert dec["device_over_workers"] == pytest.approx(
+        dec["device_img_per_s"] / dec["workers_img_per_s"])
+    assert dec["max_pixel_difference"] == 0 == dec["differing_fraction"]  # same libjpeg-turbo
 
     table = out.with_suffix(".md").read_text()
     assert table == result.output.split("wrote ")[0]
     for model in ("smp_unet_resnet34", "unet"):
         for p in precisions:
             assert f"| {model} | 64x96 | {p} | 2 |" in table
-        assert f"| {model} | 1 |" in table and f"| {model} | 2 |" in table
+        assert f"| {model} | 1 | workers |" in table and f"| {model} | 2 | workers |" in table
+    assert "| smp_unet_resnet34 | 1 | device |" in table
+    assert "Decoding alone, JPEG files to device batches at 64x96" in table
 
 
 def test_benchmark_gpu_options_fail_in_one_line(tmp_path):

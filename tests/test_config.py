@@ -3,9 +3,11 @@ runtime-only settings that never change a result."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.config import (
     RUNTIME,
@@ -114,9 +116,33 @@ def test_every_profile_loads_with_valid_training_settings(profile):
     from pipeline.data.dataset import crop_size
     from pipeline.device import PRECISIONS
     from pipeline.losses import build_loss
+    from pipeline.runs import Roots
+    from pipeline.training.recipe import plan_phases
 
     cfg = load_config([REPO / "configs" / "base.yaml", profile])
-    build_loss(cfg.train)
-    crop_size(cfg.train)
+    for phase in plan_phases(cfg, Roots().run("m", 0)):  # every phase of train.progressive
+        build_loss(phase.cfg.train)
+        crop_size(phase.cfg.train)
+        assert phase.cfg.train.epochs >= 1 and phase.cfg.train.time_budget_min == 0  # fixed work
     assert cfg.train.precision in PRECISIONS and cfg.predict.precision in PRECISIONS
-    assert cfg.train.epochs >= 1 and cfg.train.time_budget_min == 0  # fixed work, reproducible
+    # dvc.yaml reads benchmark.* from configs/base.yaml only: in a profile it would do nothing
+    assert "benchmark" not in (yaml.safe_load(profile.read_text()) or {})
+
+
+def test_the_recipe_profile_is_the_measured_command_sequence():
+    """cpu_real_recipe.yaml = reports/real/recipes.md row 8: cpu_real, then cpu_real_finish from
+    its best.pt, then the 400-step refiner applied in evaluation."""
+    from pipeline.runs import Roots
+    from pipeline.training.recipe import plan_phases
+
+    profiles = REPO / "configs" / "profiles"
+    base = [REPO / "configs" / "base.yaml"]
+    recipe = load_config(base + [profiles / "cpu_real_recipe.yaml"])
+    first, second = plan_phases(recipe, Roots().run("m", 0))
+    assert first.cfg.train == load_config(base + [profiles / "cpu_real.yaml"]).train
+    finish = load_config(base + [profiles / "cpu_real.yaml", profiles / "cpu_real_finish.yaml"])
+    assert second.cfg.train == dataclasses.replace(finish.train, init_from=str(first.run.best))
+    assert recipe.folds == finish.folds
+    assert recipe.refine.train and recipe.refine.steps == 400 and recipe.predict.refiner
+    assert dataclasses.replace(recipe.refine, train=False, steps=1500, log_every=50) == \
+        load_config(base).refine  # otherwise the defaults the measured refiner used

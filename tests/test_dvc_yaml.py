@@ -17,6 +17,7 @@ from pipeline.config import (
     FoldsConfig,
     ModelConfig,
     PredictConfig,
+    RefineConfig,
     SubmitConfig,
     TrainConfig,
     result_keys,
@@ -77,7 +78,8 @@ def keys(section: str, cls: type) -> list[str]:
 EXPECTED = {
     "data": ["data.source"] + keys("data.demo", DemoConfig),
     "folds": keys("folds", FoldsConfig),
-    "train": keys("model", ModelConfig) + keys("train", TrainConfig),
+    # the train stage trains the edge refiner too when refine.train is set
+    "train": keys("model", ModelConfig) + keys("train", TrainConfig) + keys("refine", RefineConfig),
     "evaluate": keys("predict", PredictConfig),
     "submit": keys("predict", PredictConfig) + keys("submit", SubmitConfig),
 }

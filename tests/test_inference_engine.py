@@ -326,3 +326,48 @@ def test_a_missing_refiner_is_one_line_naming_the_file_and_the_command(ckpt):
     message = str(err.value)
     assert "\n" not in message and message.startswith(f"{refiner_beside(ckpt)}: ")
     assert "python -m pipeline.refine -m tiny --fold 0 --checkpoints" in message
+
+
+# --------------------------------------------------------------------------- decoding on the device
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_decoding_on_the_device_predicts_what_the_workers_do(tiny_data, tmp_path, workers):
+    paths = [Layout(tiny_data).test_dir / n for n in sample_names(tiny_data)[:5]]
+    full = tiny_checkpoint(tmp_path / "full.pt", 64, 96)  # no resize: the very same pixels
+    small = tiny_checkpoint(tmp_path / "small.pt", 32, 48, seed=1)  # resized on the device
+    ens = load_ensemble([full, small], "cpu", FP32)
+    cfg = dataclasses.replace(FP32, num_workers=workers, batch_size=2)
+    on_device = dataclasses.replace(cfg, decode="device")
+    for one in (Ensemble(ens.members[:1]), ens):
+        got = list(iter_predictions(one, paths, on_device, "cpu", (64, 96)))
+        ref = list(iter_predictions(one, paths, cfg, "cpu", (64, 96)))
+        assert [p.names for p in got] == [p.names for p in ref]
+        got_probs, ref_probs = torch.cat([p.probs for p in got]), torch.cat([p.probs for p in ref])
+        if len(one.members) == 1:
+            assert torch.equal(got_probs, ref_probs)
+        else:  # the 32x48 copies differ by rounding at a few pixels
+            assert (got_probs - ref_probs).abs().max() < 0.02
+
+
+def test_decoding_on_the_device_gives_refiners_the_photos(tiny_data, tmp_path):
+    ck = tiny_checkpoint(tmp_path / "tiny" / "fold0" / "best.pt")
+    save_refiner(refiner_beside(ck), nonzero_refiner(), REFINE, [])
+    paths = [Layout(tiny_data).test_dir / n for n in sample_names(tiny_data)[:3]]
+    cfg = dataclasses.replace(FP32, refiner=True)
+    ens = load_ensemble([ck], "cpu", cfg)
+    (workers,) = iter_predictions(ens, paths, cfg, "cpu", (64, 96))
+    (device_,) = iter_predictions(ens, paths, dataclasses.replace(cfg, decode="device"), "cpu",
+                                  (64, 96))
+    assert (device_.probs - workers.probs).abs().max() < 0.02
+
+
+def test_decoding_on_the_device_checks_each_file(tiny_data, tmp_path, ckpt):
+    bad = tmp_path / "wrong_size.jpg"
+    cv2.imwrite(str(bad), np.zeros((10, 20, 3), np.uint8))
+    paths = [Layout(tiny_data).test_dir / n for n in sample_names(tiny_data)[:2]] + [bad]
+    cfg = dataclasses.replace(FP32, decode="device", batch_size=2)
+    preds = iter_predictions(load_ensemble([ckpt], "cpu", cfg), paths, cfg, "cpu", (64, 96))
+    assert len(next(preds).names) == 2  # the first batch is yielded
+    with pytest.raises(PipelineError, match=r"wrong_size.jpg: is 20x10 pixels, expected 96x64"):
+        next(preds)

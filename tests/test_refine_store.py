@@ -9,7 +9,7 @@ import torch
 from pipeline.config import RefineConfig
 from pipeline.errors import PipelineError
 from pipeline.refine.net import EdgeRefiner
-from pipeline.refine.store import load_refiner, save_refiner
+from pipeline.refine.store import load_refiner, refiner_source, save_refiner
 
 SPLIT = {"fold": 0, "folds_file": "folds.csv", "val_images": "abc"}
 
@@ -51,3 +51,16 @@ def test_a_refiner_of_another_split_or_kind_is_refused(tmp_path):
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(PipelineError, match="not a readable checkpoint"):
         load_refiner(tmp_path / "broken.pt")
+
+
+def test_the_source_a_refiner_was_trained_from_is_read_back(tmp_path):
+    path = save_refiner(tmp_path / "refiner.pt", EdgeRefiner(4), RefineConfig(width=4), [],
+                        SPLIT, (16, 24), source="0123abcd")
+    assert refiner_source(path) == "0123abcd"
+    older = save_refiner(tmp_path / "older.pt", EdgeRefiner(4), RefineConfig(width=4), [])
+    assert refiner_source(older) is None  # written without one: never up to date
+    assert refiner_source(tmp_path / "absent.pt") is None
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    assert refiner_source(tmp_path / "broken.pt") is None
+    torch.save({"kind": "other", "source": "0123abcd"}, tmp_path / "other.pt")
+    assert refiner_source(tmp_path / "other.pt") is None

@@ -22,6 +22,24 @@ def test_default_roots_and_every_run_path():
     assert run.report_dir == Path("reports/unet")
 
 
+def test_an_earlier_phase_lives_in_a_subfolder_of_the_run(tmp_path):
+    run = Roots().run("unet", 3)
+    phase = run.phase_paths(0)
+    assert phase.best == Path("checkpoints/unet/fold3/phase0/best.pt")
+    assert phase.last == Path("checkpoints/unet/fold3/phase0/last.pt")
+    assert phase.record == Path("checkpoints/unet/fold3/phase0/record.json")  # not in metrics/
+    assert phase.live_dir == Path("dvclive/unet/fold3/phase0")
+    assert run.phase_paths(1).checkpoint_dir == Path("checkpoints/unet/fold3/phase1")
+    assert phase.phase == 0 and run.phase is None  # the run itself is unchanged
+    # the ensemble never takes an earlier phase for a fold's model
+    roots = Roots(checkpoints=tmp_path)
+    roots.run("unet", 3).phase_paths(0).checkpoint_dir.mkdir(parents=True)
+    roots.run("unet", 3).phase_paths(0).best.write_bytes(b"")
+    assert roots.model("unet").fold_checkpoints() == {}
+    roots.run("unet", 3).best.write_bytes(b"")
+    assert roots.model("unet").fold_checkpoints() == {3: roots.run("unet", 3).best}
+
+
 def test_model_paths_under_other_roots(tmp_path):
     roots = Roots(checkpoints=tmp_path / "ck", metrics=tmp_path / "me", live=tmp_path / "lv",
                   reports=tmp_path / "rp")

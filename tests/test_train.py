@@ -48,6 +48,22 @@ def test_cli_trains_and_reports(tiny_data, tiny_folds, tiny_cache, tmp_path):
     assert ckpt["config"]["train"]["lr"] == 0.001  # the override reached the run
 
 
+def test_cli_trains_every_phase_of_the_recipe(tiny_data, tiny_folds, tiny_cache, tmp_path):
+    config = _write_config(tmp_path / "tiny.yaml", tiny_data, tiny_cache)
+    args = ["--fold", "0", "-c", str(config), "--folds", str(tiny_folds),
+            "--checkpoints", str(tmp_path / "ck"), "--metrics", str(tmp_path / "me"),
+            "--live", str(tmp_path / "dl"), "--no-progress", "train.max_steps=1",
+            "train.progressive=[{height: 32, width: 48, lr: 0.001}]"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    phase0 = tmp_path / "ck" / "tiny" / "fold0" / "phase0" / "best.pt"
+    assert "phase 0/1: 64x96, 1 epoch" in result.output
+    assert f"phase 1/1: 32x48, 1 epoch from {phase0}" in result.output
+    final = load_checkpoint(tmp_path / "ck" / "tiny" / "fold0" / "best.pt")
+    assert final["config"]["train"]["init_from"] == str(phase0)
+    assert json.loads((tmp_path / "me" / "tiny" / "fold0.json").read_text())["height"] == 32
+
+
 def test_cli_defaults_need_only_the_fold(tiny_data, tmp_path, monkeypatch):
     """configs/base.yaml, folds/folds.csv, checkpoints/, metrics/ and dvclive/ by default."""
     (tmp_path / "configs").mkdir()
@@ -74,6 +90,8 @@ def test_cli_defaults_need_only_the_fold(tiny_data, tmp_path, monkeypatch):
     (["--fold", "9"], "fold 9 does not exist"),
     (["--fold", "0", "train.lr_max=1"], "unknown config key 'train.lr_max'"),
     (["--fold", "0", "train.loss=focal"], "train.loss must be one of"),
+    (["--fold", "0", "train.progressive=[{seed: 1}]"], "train.seed cannot change per phase"),
+    (["--fold", "0", "train.progressive=[{loss: focal}]"], "progressive[0]: train.loss must be"),
 ])
 def test_cli_bad_input_is_one_error_line(tiny_data, tiny_folds, tiny_cache, tmp_path, extra,
                                          message):

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def torchrun_train(tmp_path: Path, tiny_data: Path, tiny_cache: Path, folds: Path,
-                   timeout: float = 180) -> subprocess.CompletedProcess:
+                   timeout: float = 180, extra: tuple = ()) -> subprocess.CompletedProcess:
     """``torchrun --nproc_per_node 2 -m pipeline.train`` on the tiny data, on CPU (gloo)."""
     config = tmp_path / "tiny.yaml"
     config.write_text(
@@ -30,7 +30,7 @@ def torchrun_train(tmp_path: Path, tiny_data: Path, tiny_cache: Path, folds: Pat
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "pipeline.train", "--fold", "0", "-c", str(config), "--folds", str(folds),
            "--checkpoints", str(tmp_path / "ck"), "--metrics", str(tmp_path / "me"),
-           "--live", str(tmp_path / "dl"), "--no-progress"]
+           "--live", str(tmp_path / "dl"), "--no-progress", *extra]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout, check=False)
 
@@ -51,6 +51,20 @@ def test_torchrun_two_processes_on_gloo(tiny_data, tiny_folds, tiny_cache, tmp_p
     # each rank saw 3 batches of 4: 24 training images per epoch in all
     history = last["train_state"]["progress"]["history"]
     assert [round(r["images_per_s"] * r["train_seconds"]) for r in history] == [24, 24]
+
+
+@pytest.mark.slow
+def test_torchrun_trains_every_phase_in_one_launch(tiny_data, tiny_folds, tiny_cache, tmp_path):
+    """Each phase joins and leaves the process group again; only rank 0 writes and reports."""
+    done = torchrun_train(tmp_path, tiny_data, tiny_cache, tiny_folds, extra=(
+        "train.epochs=1", "train.progressive=[{height: 32, width: 48}]"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("phase 1/1: 32x48") == 1 and done.stdout.count("wrote ") == 1
+    phase0 = tmp_path / "ck" / "tiny" / "fold0" / "phase0"
+    assert sorted(p.name for p in phase0.iterdir()) == ["best.pt", "last.pt", "record.json"]
+    final = load_checkpoint(tmp_path / "ck" / "tiny" / "fold0" / "best.pt")
+    assert final["config"]["train"]["init_from"] == str(phase0 / "best.pt")
+    assert json.loads((tmp_path / "me" / "tiny" / "fold0.json").read_text())["height"] == 32
 
 
 @pytest.mark.slow

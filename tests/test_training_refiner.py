@@ -12,14 +12,20 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_config
 
-from pipeline.config import RefineConfig
+from pipeline.config import Config, RefineConfig
 from pipeline.data.layout import train_index
 from pipeline.data.splits import load_folds
 from pipeline.errors import PipelineError
-from pipeline.refine.store import load_refiner
+from pipeline.refine.store import load_refiner, refiner_source
 from pipeline.runs import Roots
 from pipeline.training import refiner as refiner_module
-from pipeline.training.refiner import EdgePatches, fit_refiner, refiner_loss, train_refiner
+from pipeline.training.refiner import (
+    EdgePatches,
+    fit_refiner,
+    refiner_key,
+    refiner_loss,
+    train_refiner,
+)
 
 TINY = RefineConfig(patch=24, context=4, tile=8, band_margin=2, width=4, steps=3,
                     images_per_batch=2, patches_per_image=2, log_every=1, num_workers=0)
@@ -107,3 +113,17 @@ def test_train_refiner_uses_the_folds_training_images_and_the_models_size(
     assert result.path == run.refiner and result.images == len(seen["imgs"])
     _, back = load_refiner(run.refiner)
     assert back == TINY and len(result.history) == 3
+    assert refiner_source(run.refiner) == refiner_key(cfg, run.best)  # what it was made from
+
+
+def test_the_refiners_key_is_its_model_and_the_settings_that_change_it(tiny_trained, tmp_path):
+    cfg = Config()
+    key = refiner_key(cfg, tiny_trained.best)
+    assert key == refiner_key(cfg, tiny_trained.best)
+    for other in (dataclasses.replace(cfg.refine, steps=7), dataclasses.replace(cfg.refine, tile=8)):
+        assert refiner_key(dataclasses.replace(cfg, refine=other), tiny_trained.best) != key
+    same = dataclasses.replace(cfg.refine, train=True, num_workers=0, log_every=1)  # not how
+    assert refiner_key(dataclasses.replace(cfg, refine=same), tiny_trained.best) == key
+    other_model = tmp_path / "best.pt"
+    other_model.write_bytes(tiny_trained.last.read_bytes())
+    assert refiner_key(cfg, other_model) != key

@@ -48,17 +48,27 @@ def gpu_markdown(result: dict) -> str:
          f"largest component {pred['largest_component']}; busy = compute-only time / "
          "end-to-end time; naive = one image at a time, PIL, fp32, cv2 upsampling, numpy RLE:"),
         "",
-        ("| model | models | img/s | compute-only img/s | busy | NVML util % | peak MiB "
-         f"| min for {result['test_images']:,} | naive img/s | x naive |"),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ("| model | models | decode | img/s | compute-only img/s | busy | NVML util % "
+         f"| peak MiB | min for {result['test_images']:,} | naive img/s | x naive |"),
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in pred["results"]:
         lines.append(
-            f"| {r['model']} | {r['models']} | {r['engine_img_per_s']:.1f} "
+            f"| {r['model']} | {r['models']} | {r['decode']} | {r['engine_img_per_s']:.1f} "
             f"| {r['compute_img_per_s']:.1f} | {r['busy_fraction']:.0%} "
             f"| {_f(r['nvml_utilisation'], '.0f')} | {_f(r['peak_mib'], '.0f')} "
             f"| {r['projected_minutes_test_set']:.1f} | {_f(r['naive_img_per_s'], '.2f')} "
             f"| {_f(r['speedup_vs_naive'], '.1f')} |")
+    dec = pred["decode"]
+    lines += [
+        "",
+        (f"Decoding alone, JPEG files to device batches at {dec['input_size'][0]}x"
+         f"{dec['input_size'][1]} (predict.decode): workers (OpenCV, {dec['num_workers']} "
+         f"workers) {dec['workers_img_per_s']:.1f} img/s, device (torchvision.io.decode_jpeg, "
+         f"batched) {dec['device_img_per_s']:.1f} img/s = {dec['device_over_workers']:.2f}x; "
+         f"pixels differ by at most {dec['max_pixel_difference']} "
+         f"({dec['differing_fraction']:.2%} of values)."),
+    ]
     return "\n".join(lines)
 
 

@@ -9,7 +9,9 @@ Prediction, at the largest size: the inference engine end to end, JPEG files to 
 initialised checkpoints; the same images again preloaded on the device (compute only), whose
 time over the end-to-end time is the GPU busy fraction; NVML utilisation sampled meanwhile; the
 naive loop of :mod:`pipeline.benchmark.engine_speed` on the same device; and the projected
-minutes for Kaggle's 100,064 test images. The same command runs on a CPU at a tiny size.
+minutes for Kaggle's 100,064 test images. The first model runs once more with the JPEGs decoded
+on the device (``predict.decode: device``), and decoding alone is timed both ways
+(:mod:`pipeline.benchmark.decode_speed`). The same command runs on a CPU at a tiny size.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Self
 
 import torch
 
+from pipeline.benchmark.decode_speed import decode_rates
 from pipeline.benchmark.engine_speed import (
     TEST_IMAGES,
     cycle,
@@ -202,7 +205,7 @@ def _predict_row(ckpts: Sequence[Path], paths: Sequence[Path], cfg: PredictConfi
     same, compute_s = _timed(lambda: compute_rles(ensemble, batches, cfg, out_shape), device)
     assert len(rles) == len(same) == len(paths)
     rate = len(paths) / seconds
-    return {"models": len(ckpts), "engine_img_per_s": rate,
+    return {"models": len(ckpts), "decode": cfg.decode, "engine_img_per_s": rate,
             "compute_img_per_s": len(paths) / compute_s, "busy_fraction": compute_s / seconds,
             "nvml_utilisation": util.mean, "peak_mib": peak,
             "projected_minutes_test_set": TEST_IMAGES / rate / 60}
@@ -234,7 +237,7 @@ def measure_prediction(configs: Sequence[Config], plan: GpuPlan, device: torch.d
     files, out_shape, source = prediction_images(data_root, work, size)
     paths = cycle(files, plan.images)
     pc = configs[0].predict
-    result = {"data": source, "distinct_files": len(files), "images": len(paths),
+    result = {"decode": decode_rates(paths, size, out_shape, pc, device),"data": source, "distinct_files": len(files), "images": len(paths),
               "input_size": list(size), "output_size": list(out_shape), "tta": list(pc.tta),
               "precision": resolve_precision(pc.precision, device, what="predict.precision").name,
               "batch_size": pc.batch_size, "num_workers": pc.num_workers,
@@ -244,11 +247,15 @@ def measure_prediction(configs: Sequence[Config], plan: GpuPlan, device: torch.d
                  for seed in range(plan.ensemble)]
         naive = naive_rate(ckpts[0], paths[: plan.naive_images], size, cfg.predict, device,
                            out_shape)
-        for members in dict.fromkeys((1, plan.ensemble)):
-            row = _predict_row(ckpts[:members], paths, cfg.predict, device, out_shape)
+        runs = [(members, "workers") for members in dict.fromkeys((1, plan.ensemble))]
+        if cfg is configs[0]:
+            runs.append((1, "device"))
+        for members, decode in runs:
+            predict = dataclasses.replace(cfg.predict, decode=decode)
+            row = _predict_row(ckpts[:members], paths, predict, device, out_shape)
             if device.type == "cuda":
                 torch.cuda.empty_cache()  # the ensemble and its preloaded images are gone
-            single = members == 1
+            single = members == 1 and decode == "workers"
             result["results"].append({
                 "model": cfg.model.label, **row,
                 "naive_img_per_s": naive if single else None,

@@ -4,7 +4,9 @@ Per batch of images:
 
 1. DataLoader workers decode the JPEGs and resize them (``resize_image``: cv2 area averaging,
    the training cache's own resize) to every input size the ensemble needs, so the main
-   process receives small uint8 tensors (N x h x w x 3) while the model runs.
+   process receives small uint8 tensors (N x h x w x 3) while the model runs. With
+   ``predict.decode: device`` the workers only read the files' bytes, and the batch is decoded
+   and resized on the device (:mod:`pipeline.inference.decode`; nvJPEG on a GPU).
 2. On the device: ImageNet normalisation (:func:`pipeline.data.transforms.normalize_batch`),
    channels_last and autocast (:mod:`pipeline.device`) when configured.
 3. Each model runs on the batch and on each flipped copy (``predict.tta``); every flipped
@@ -44,7 +46,8 @@ from pipeline.config import FULL_SHAPE, PredictConfig, RefineConfig
 from pipeline.data.transforms import normalize_batch
 from pipeline.device import autocast, compile_model, enable_fast_kernels, resolve_precision
 from pipeline.errors import PipelineError
-from pipeline.inference.loader import ImageDataset, make_loader
+from pipeline.inference.decode import decode_batch, resize_batch
+from pipeline.inference.loader import Batch, ImageDataset, make_loader
 from pipeline.models.checkpoint import checkpoint_config, load_model
 from pipeline.postprocess import largest_component as keep_largest
 from pipeline.refine.apply import refine_probs
@@ -222,6 +225,20 @@ def refine_ensemble(ensemble: Ensemble, probs: torch.Tensor, photos: torch.Tenso
     return torch.stack(refined).mean(0) if len(refined) > 1 else refined[0]
 
 
+def batch_on_device(batch: Batch, sizes: Sequence[tuple[int, int]], photos: bool,
+                    device: torch.device
+                    ) -> tuple[dict[tuple[int, int], torch.Tensor], torch.Tensor | None]:
+    """The batch's images at each of ``sizes`` and, with ``photos`` (edge refiners), its
+    full-size photos, on ``device``: copied there, or decoded and resized there when the
+    workers sent JPEG bytes (``predict.decode: device``)."""
+    if batch.jpegs is None:
+        images = {s: t.to(device, non_blocking=True) for s, t in batch.images.items()}
+        full = batch.photos  # full size, only for edge refiners
+        return images, None if full is None else full.to(device, non_blocking=True)
+    full = decode_batch(batch.jpegs, device, batch.names)
+    return {s: resize_batch(full, *s) for s in sizes}, full if photos else None
+
+
 @dataclass
 class Prediction:
     """One predicted batch: positions in the input list, names, probabilities N x H x W on the
@@ -251,7 +268,7 @@ def iter_predictions(
     """
     device = torch.device(device)
     dataset = ImageDataset(image_paths, ensemble.sizes, out_shape, mask_paths,
-                           photos=ensemble.refined)
+                           photos=ensemble.refined, decode=cfg.decode)
     loader = make_loader(dataset, cfg, device)
     desc = progress if isinstance(progress, str) else "predict"
     bar = tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress, smoothing=0.1)
@@ -259,10 +276,8 @@ def iter_predictions(
         for batch in loader:
             if batch.error:
                 raise PipelineError(batch.error)
-            images = {s: t.to(device, non_blocking=True) for s, t in batch.images.items()}
-            photos = batch.photos  # full size, only for edge refiners
-            if photos is not None:
-                photos = photos.to(device, non_blocking=True)
+            images, photos = batch_on_device(batch, ensemble.sizes, ensemble.refined,
+                                             device)
             probs = predict_probs(ensemble, images, cfg, out_shape, photos)
             masks = None if batch.masks is None else batch.masks.to(device, non_blocking=True)
             yield Prediction(batch.indices, batch.names, probs, masks)

@@ -1,6 +1,7 @@
 """Reading the images to predict: a Dataset whose workers decode each JPEG and resize it to every
-input size an ensemble needs (and keep the full-size photo when an edge refiner needs it), and
-the batches it collates."""
+input size an ensemble needs (and keep the full-size photo when an edge refiner needs it), or,
+with ``decode="device"``, only read each JPEG's bytes for a batched decode on the device
+(:mod:`pipeline.inference.decode`); and the batches it collates."""
 
 from __future__ import annotations
 
@@ -16,14 +17,17 @@ from pipeline.config import FULL_SHAPE, PredictConfig
 from pipeline.data.io import read_image, read_mask
 from pipeline.data.transforms import resize_image
 from pipeline.errors import PipelineError
+from pipeline.inference.decode import check_decoder, read_jpeg
 
 
 class ImageDataset(Dataset):
     """Reads one image (and optionally its mask) per item and resizes the image to each of
     ``sizes`` in the worker; with ``photos`` the full-size uint8 photo comes along too (the
-    edge refiner's input). Every image must be ``out_shape`` (H, W); a problem (missing,
-    unreadable, wrong size) is returned as an ``error`` line rather than raised, so the main
-    process can raise it as one clear :class:`PipelineError`."""
+    edge refiner's input). With ``decode="device"`` an item holds the JPEG's bytes instead
+    (``jpeg``; sizes and photos are then made on the device). Every image must be
+    ``out_shape`` (H, W); a problem (missing, unreadable, wrong size) is returned as an
+    ``error`` line rather than raised, so the main process can raise it as one clear
+    :class:`PipelineError`."""
 
     def __init__(
         self,
@@ -32,6 +36,7 @@ class ImageDataset(Dataset):
         out_shape: tuple[int, int] = FULL_SHAPE,
         mask_paths: Sequence[str | Path] | None = None,
         photos: bool = False,
+        decode: str = "workers",
     ):
         if mask_paths is not None and len(mask_paths) != len(image_paths):
             raise ValueError("mask_paths must match image_paths one to one")
@@ -40,6 +45,7 @@ class ImageDataset(Dataset):
         self.sizes = [tuple(s) for s in sizes]
         self.out_shape = tuple(out_shape)
         self.photos = photos
+        self.decode = check_decoder(decode)
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -47,13 +53,18 @@ class ImageDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         path = self.image_paths[i]
         item = {"index": i, "name": Path(path).name, "images": {}, "mask": None, "photo": None,
-                "error": ""}
+                "jpeg": None, "error": ""}
         try:
-            image = read_image(path)
-            _check_shape(path, image.shape[:2], self.out_shape)
-            item["images"] = {s: torch.from_numpy(resize_image(image, *s)) for s in self.sizes}
-            if self.photos:
-                item["photo"] = torch.from_numpy(np.ascontiguousarray(image))
+            if self.decode == "device":
+                item["jpeg"], shape = read_jpeg(path)
+                _check_shape(path, shape, self.out_shape)
+            else:
+                image = read_image(path)
+                _check_shape(path, image.shape[:2], self.out_shape)
+                item["images"] = {s: torch.from_numpy(resize_image(image, *s))
+                                  for s in self.sizes}
+                if self.photos:
+                    item["photo"] = torch.from_numpy(np.ascontiguousarray(image))
             if self.mask_paths is not None:
                 mask = read_mask(self.mask_paths[i])
                 _check_shape(self.mask_paths[i], mask.shape[:2], self.out_shape)
@@ -74,14 +85,16 @@ def _check_shape(path: str, shape: tuple[int, int], expected: tuple[int, int]) -
 @dataclass
 class Batch:
     """A collated batch: positions in the input list, file names, resized images per size,
-    full-size masks (N x H x W uint8) and photos (N x H x W x 3 uint8) when asked for, and the
-    first error found."""
+    full-size masks (N x H x W uint8) and photos (N x H x W x 3 uint8) when asked for, the
+    JPEG bytes instead of images and photos when decoding on the device, and the first error
+    found."""
 
     indices: list[int]
     names: list[str]
     images: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
     masks: torch.Tensor | None = None
     photos: torch.Tensor | None = None
+    jpegs: list[torch.Tensor] | None = None
     error: str = ""
 
     def pin_memory(self) -> Batch:
@@ -107,6 +120,8 @@ def collate(items: list[dict]) -> Batch:
         batch.masks = torch.stack([it["mask"] for it in items])
     if items[0]["photo"] is not None:
         batch.photos = torch.stack([it["photo"] for it in items])
+    if items[0]["jpeg"] is not None:
+        batch.jpegs = [it["jpeg"] for it in items]
     return batch
 
 

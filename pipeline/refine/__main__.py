@@ -7,8 +7,9 @@ best.pt), and writes, under the roots given (:mod:`pipeline.runs`):
 
     checkpoints/<model>/fold<K>/refiner.pt   the refiner; ``predict.refiner=true`` applies it
 
-Not part of the DVC pipeline: run it after ``python -m pipeline.train`` for each fold whose
-model should be refined, with the same -c/-m files and ``data.root``.
+Not a DVC stage: with ``refine.train: true`` the train stage trains the refiner itself
+(:mod:`pipeline.training.recipe`); otherwise run this after ``python -m pipeline.train`` for
+each fold whose model should be refined, with the same -c/-m files and ``data.root``.
 """
 
 from __future__ import annotations

@@ -17,12 +17,16 @@ KIND = "edge_refiner"
 
 
 def save_refiner(path: str | Path, model: EdgeRefiner, cfg: RefineConfig, history: list,
-                 split: dict | None = None, coarse: tuple[int, int] | None = None) -> Path:
+                 split: dict | None = None, coarse: tuple[int, int] | None = None,
+                 source: str | None = None) -> Path:
     """Atomically write a refiner checkpoint that rebuilds it without any other file.
     ``split``: the split record of the model it refines (``pipeline.data.splits.split_id``),
-    ``coarse``: that model's input size (h, w)."""
+    ``coarse``: that model's input size (h, w), ``source``: the fingerprint of that model's
+    checkpoint and the refiner's settings (a resumed train stage keeps a refiner whose source
+    is unchanged)."""
     payload = {"format": 1, "kind": KIND, "refine_config": to_dict(cfg), "history": history,
                "split": split, "coarse": None if coarse is None else list(coarse),
+               "source": source,
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -55,3 +59,13 @@ def load_refiner(path: str | Path, device: torch.device | str = "cpu",
     model = EdgeRefiner(cfg.width)
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval(), cfg
+
+
+def refiner_source(path: str | Path) -> str | None:
+    """The ``source`` recorded in the refiner checkpoint at ``path``; None when there is no
+    readable refiner there or it records none."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # noqa: BLE001 -- missing or broken: nothing to keep
+        return None
+    return ckpt.get("source") if isinstance(ckpt, dict) and ckpt.get("kind") == KIND else None

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from pipeline.config import Config, RefineConfig
+from pipeline.config import Config, RefineConfig, result_keys
 from pipeline.data.cache import records_of
 from pipeline.data.io import read_image, read_mask
 from pipeline.data.layout import train_index
@@ -41,6 +41,7 @@ from pipeline.data.splits import check_split, fold_rows, load_folds
 from pipeline.data.transforms import normalize_batch
 from pipeline.device import autocast, resolve_precision
 from pipeline.errors import PipelineError
+from pipeline.fingerprint import fingerprint
 from pipeline.models.checkpoint import checkpoint_config, load_checkpoint
 from pipeline.refine.geometry import coarse_probability, edge_band
 from pipeline.refine.net import EdgeRefiner
@@ -167,6 +168,13 @@ def fit_refiner(cfg: RefineConfig, rows: pd.DataFrame, coarse: tuple[int, int],
     return model.eval(), history
 
 
+def refiner_key(cfg: Config, best: Path) -> str:
+    """What a refiner is trained from: the model's checkpoint (its weights, input size and
+    split) and the settings that change the refiner (``refine.train`` says whether, not how)."""
+    settings = {k: getattr(cfg.refine, k) for k in result_keys(RefineConfig) if k != "train"}
+    return fingerprint([best], settings, cfg.train.precision)
+
+
 @dataclass
 class RefinerResult:
     """What :func:`train_refiner` wrote and how long it took."""
@@ -201,5 +209,6 @@ def train_refiner(cfg: Config, fold: int, folds_path: Path, run: RunPaths,
     model, history = fit_refiner(cfg.refine, rows, coarse, device, cfg.train.precision,
                                  progress)
     seconds = time.perf_counter() - start
-    save_refiner(run.refiner, model, cfg.refine, history, ckpt.get("split"), coarse)
+    save_refiner(run.refiner, model, cfg.refine, history, ckpt.get("split"), coarse,
+                 source=refiner_key(cfg, run.best))
     return RefinerResult(run.refiner, len(rows), coarse, history, seconds)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from pipeline import device, distributed
-from pipeline.config import Config, to_dict
+from pipeline.config import Config, TrainConfig, to_dict
 from pipeline.data.dataset import crop_size
 from pipeline.data.splits import split_id
 from pipeline.device import Precision, peak_memory_mib, reset_peak_memory, resolve_precision
@@ -97,6 +97,14 @@ def init_weights(model: nn.Module, path: str, cfg: Config) -> None:
     model.load_state_dict(ckpt["state_dict"])
 
 
+def check_settings(tc: TrainConfig) -> None:
+    """The training settings that can be checked without data: loss, crop, counts."""
+    build_loss(tc)
+    crop_size(tc)
+    if min(tc.accumulate, tc.batch_size, tc.epochs) < 1:
+        raise PipelineError("train.epochs, train.batch_size and train.accumulate must be >= 1")
+
+
 def _silent(_: str) -> None:
     """Warnings are printed by rank 0 only."""
 
@@ -157,28 +165,30 @@ def save_epoch(run: RunPaths, cfg: Config, parts: Parts, progress: Progress,
 
 
 def train(cfg: Config, fold: int, *, folds_path, run: RunPaths | None = None,
-          resume: bool = False, progress: bool = True) -> TrainRecord:
+          resume: bool = False, progress: bool = True,
+          info: DistInfo | None = None) -> TrainRecord:
     """Train ``cfg.model`` on ``fold`` (-1: every image, no validation); returns the training
-    record written to ``run.record`` (``run``: default roots, the model's label)."""
+    record written to ``run.record`` (``run``: default roots, the model's label). ``info``: the
+    process group of a caller that trains several runs in it (a group cannot be joined twice
+    under torchrun); None: join it here and leave it at the end."""
     run = run or RunPaths(cfg.model.label, fold)
-    info = distributed.setup()
+    own = info is None
+    info = distributed.setup() if own else info
     reset_peak_memory(info.device)
     try:
         return _train(cfg, fold, info, folds_path=folds_path, run=run, resume=resume,
                       show=progress and info.is_main)
     finally:
-        distributed.cleanup(info)
+        if own:
+            distributed.cleanup(info)
 
 
 def _train(cfg: Config, fold: int, info: DistInfo, *, folds_path, run: RunPaths,
            resume: bool, show: bool) -> TrainRecord:
     tc, main = cfg.train, info.is_main
     # Settings first: a typo fails in a second, not after the cache is built.
-    build_loss(tc)
-    crop_size(tc)
+    check_settings(tc)
     resolve_precision(tc.precision, info.device, what="train.precision", warn=_silent)
-    if min(tc.accumulate, tc.batch_size, tc.epochs) < 1:
-        raise PipelineError("train.epochs, train.batch_size and train.accumulate must be >= 1")
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
     if tc.sync_bn:
