@@ -167,8 +167,10 @@ class PredictConfig:
     precision: str = "auto"
     channels_last: bool = True
     compile: bool = False  # torch.compile each model in place; each new input shape compiles first
+    compile_mode: str = "default"  # torch.compile mode; reduce-overhead: CUDA graphs (COMPILE_MODES)
     refiner: bool = False  # apply the edge refiner saved beside each model (refiner.pt)
     decode: str = "workers"  # workers: OpenCV in DataLoader workers; device: batched on the device
+    overlap: bool = runtime(True)  # RLE-encode batch i on a background thread while i+1 runs
 
 
 @dataclass

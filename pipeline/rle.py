@@ -9,6 +9,8 @@ Example: ``[[0,0,0,0],[0,0,1,1],[0,0,1,1],[0,0,0,0]]`` -> ``"7 2 11 2"``.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 
 from pipeline.config import FULL_SHAPE
@@ -113,6 +115,32 @@ def runs_torch(masks):
 def encode_torch(masks) -> list[str]:
     """Batch of masks (N, H, W, non-zero = foreground) on any device -> N Kaggle RLE strings."""
     return [" ".join(map(str, r.tolist())) for r in runs_torch(masks)]
+
+
+def from_row_runs(row_runs: np.ndarray, n: int, width: int) -> list[str]:
+    """Runs within image rows -> the N images' Kaggle RLE strings, on the host.
+
+    ``row_runs``: K x 4 int ``(image, row, start, end)``, ``end`` exclusive, sorted by
+    (image, row, start) as :func:`pipeline.postprocess.row_runs` gives them (any subset of
+    them too, e.g. the largest region's); ``n`` images of ``width`` columns. Flattened
+    row-major, a run ending on the last column and one starting on the next row's first
+    column are one Kaggle run, so those chains are merged. Images without runs get ``""``.
+    """
+    runs = np.asarray(row_runs, dtype=np.int64).reshape(-1, 4)
+    if len(runs) == 0:
+        return [""] * n
+    image, row, start, end = runs.T
+    first, stop = row * width + start, row * width + end  # flat, 0-based, stop exclusive
+    # A run continues the one before it when both are in one image and it starts exactly
+    # where that one stops (end of a row -> first column of the next).
+    joins = np.zeros(len(runs), dtype=bool)
+    joins[1:] = (image[1:] == image[:-1]) & (first[1:] == stop[:-1])
+    heads = np.flatnonzero(~joins)
+    tails = np.r_[heads[1:], len(runs)] - 1
+    pairs = np.stack([first[heads] + 1, stop[tails] - first[heads]], axis=1)
+    bounds = np.searchsorted(image[heads], np.arange(n + 1))  # each image's block of pairs
+    return [" ".join(map(str, pairs[a:b].reshape(-1).tolist()))
+            for a, b in pairwise(bounds.tolist())]
 
 
 def encode_reference(mask: np.ndarray) -> str:

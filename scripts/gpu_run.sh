@@ -5,13 +5,16 @@
 #                                       .whl/, and up to CARS real cars (default 30; fewer when
 #                                       the 64 MiB working tree that travels would overflow) from
 #                                       ../shared/carvana into .device/carvana (Kaggle layout).
-#   scripts/gpu_run.sh run [bench|accuracy|all]
+#   scripts/gpu_run.sh run [bench|accuracy|predict|all]
 #                                       ON the GPU machine (no internet; carry .whl and .device):
 #                                       installs the wheels into $SITE, then `benchmark gpu`
 #                                       and/or the accuracy run (SMP Unet-resnet34 trained at
 #                                       1918x1280 on all but ~5 cars, scored on those 5 with
-#                                       hflip TTA). Small results (<= 8 files) go to $OUT,
-#                                       checkpoints and reports to $WORK.
+#                                       hflip TTA), or `predict`: `benchmark gpu` for SMP
+#                                       Unet-resnet34 at full size once per line of
+#                                       $PREDICT_SETTINGS (prediction settings to compare). Small
+#                                       results (<= 8 files) go to $OUT, checkpoints and reports
+#                                       to $WORK.
 #
 # The GPU machine (device KINDS.md) has Python 3.12, torch, torchvision, timm, huggingface_hub,
 # safetensors, opencv-python-headless, scipy, typing-extensions, nvidia-ml-py, typer, pandas...
@@ -23,7 +26,9 @@
 # Environment: PYTHON (default .venv/bin/python for prepare, python3 for run), SRC (default
 # ../shared/carvana), OUT (default .device/out), WORK (default .device/work), SITE (default
 # /tmp/site), TRAIN_MINUTES (training budget, default 5), BENCH_ARGS (extra `benchmark gpu`
-# options, e.g. --quick), TRAIN_ARGS (extra overrides for folds, train and evaluate).
+# options, e.g. --quick), TRAIN_ARGS (extra overrides for folds, train and evaluate),
+# PREDICT_SETTINGS (lines of overrides for `predict`; default: the profile's compiled prediction,
+# then the same with CUDA graphs), HEIGHT and WIDTH (`predict`'s size, default 1280x1918).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -103,6 +108,23 @@ bench() {
         2>&1 | tee "$out/gpu_benchmark.log"
 }
 
+predict() {
+    local py=$1 out=$2 root=() i=0 settings
+    [ -d "$DATA/train" ] && root=(--data-root "$DATA")
+    local default="predict.compile_mode=default
+predict.compile_mode=reduce-overhead"
+    while IFS= read -r settings; do
+        i=$((i + 1))
+        echo "== predict $i: $settings"
+        # shellcheck disable=SC2086  # settings, BENCH_ARGS: several words
+        "$py" -m pipeline.benchmark gpu "${root[@]}" --out "$out/predict_$i.json" \
+            -c configs/base.yaml -c configs/profiles/gpu_full.yaml \
+            --models configs/models/smp_unet_resnet34.yaml --height "${HEIGHT:-1280}" \
+            --width "${WIDTH:-1918}" --quick ${BENCH_ARGS:-} $settings 2>&1 \
+            | tee "$out/predict_$i.log"
+    done <<< "${PREDICT_SETTINGS:-$default}"
+}
+
 accuracy() {
     local py=$1 out=$2 work=${WORK:-.device/work}
     local cfg=(-c configs/base.yaml -c configs/profiles/gpu_full.yaml) cars
@@ -134,13 +156,14 @@ run() {
     case $what in
         bench) bench "$py" "$out" ;;
         accuracy) accuracy "$py" "$out" ;;
+        predict) predict "$py" "$out" ;;
         all) bench "$py" "$out"; accuracy "$py" "$out" ;;
-        *) echo "run what? bench, accuracy or all" >&2; exit 2 ;;
+        *) echo "run what? bench, accuracy, predict or all" >&2; exit 2 ;;
     esac
 }
 
 case ${1:-} in
     prepare) shift; prepare "$@" ;;
     run) shift; run "$@" ;;
-    *) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

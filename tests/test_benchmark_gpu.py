@@ -22,8 +22,8 @@ SHRINK = ["predict.num_workers=0", "model.base_width=8", "model.depth=2",
           "model.encoder=resnet18"]
 TRAIN_FIELDS = {"model", "params", "height", "width", "batch_size", "precision", "status",
                 "train_img_per_s", "train_peak_mib", "forward_img_per_s", "forward_peak_mib"}
-PREDICT_FIELDS = {"model", "models", "decode", "engine_img_per_s", "compute_img_per_s", "busy_fraction",
-                  "nvml_utilisation", "peak_mib", "projected_minutes_test_set",
+PREDICT_FIELDS = {"model", "models", "decode", "overlap", "engine_img_per_s",
+                  "compute_img_per_s", "busy_fraction", "nvml_utilisation", "peak_mib", "projected_minutes_test_set",
                   "naive_img_per_s", "naive_images", "speedup_vs_naive"}
 
 
@@ -60,10 +60,12 @@ def test_benchmark_gpu_on_a_cpu_at_a_tiny_size(tmp_path):
     assert pred["input_size"] == pred["output_size"] == [64, 96] and pred["tta"] == ["hflip"]
     assert pred["images"] == 4 and pred["data"].startswith("synthetic")
     assert pred["precision"] == resolve_precision("auto", torch.device("cpu")).name
-    rows = {(r["model"], r["models"], r["decode"]): r for r in pred["results"]}
-    assert set(rows) == {(m, k, "workers") for m in ("smp_unet_resnet34", "unet")
-                         for k in (1, 2)} | {("smp_unet_resnet34", 1, "device")}
-    for (model, members, decode), r in rows.items():
+    rows = {(r["model"], r["models"], r["decode"], r["overlap"]): r for r in pred["results"]}
+    # predict.overlap is on by default; the first model runs once more without it
+    assert set(rows) == {(m, k, "workers", True) for m in ("smp_unet_resnet34", "unet")
+                         for k in (1, 2)} | {("smp_unet_resnet34", 1, "device", True),
+                                             ("smp_unet_resnet34", 1, "workers", False)}
+    for (model, members, decode, overlap), r in rows.items():
         assert PREDICT_FIELDS <= set(r)
         assert r["engine_img_per_s"] > 0 and r["compute_img_per_s"] > 0
         # busy = compute-only time / end-to-end time of the same images
@@ -71,7 +73,7 @@ def test_benchmark_gpu_on_a_cpu_at_a_tiny_size(tmp_path):
         assert r["projected_minutes_test_set"] == pytest.approx(
             100_064 / r["engine_img_per_s"] / 60)
         assert r["nvml_utilisation"] is None and r["peak_mib"] is None
-        if members == 1 and decode == "workers":
+        if members == 1 and decode == "workers" and overlap:
             assert r["naive_img_per_s"] > 0 and r["naive_images"] == 4
             assert r["speedup_vs_naive"] == pytest.approx(
                 r["engine_img_per_s"] / r["naive_img_per_s"])
@@ -90,8 +92,10 @@ def test_benchmark_gpu_on_a_cpu_at_a_tiny_size(tmp_path):
     for model in ("smp_unet_resnet34", "unet"):
         for p in precisions:
             assert f"| {model} | 64x96 | {p} | 2 |" in table
-        assert f"| {model} | 1 | workers |" in table and f"| {model} | 2 | workers |" in table
-    assert "| smp_unet_resnet34 | 1 | device |" in table
+        assert f"| {model} | 1 | workers | overlapped |" in table
+        assert f"| {model} | 2 | workers | overlapped |" in table
+    assert "| smp_unet_resnet34 | 1 | device | overlapped |" in table
+    assert "| smp_unet_resnet34 | 1 | workers | main thread |" in table
     assert "Decoding alone, JPEG files to device batches at 64x96" in table
 
 

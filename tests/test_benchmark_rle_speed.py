@@ -29,6 +29,8 @@ def test_benchmark_core_checks_agreement_and_reports_ratios():
     assert result["masks"] == 4 and result["shape"] == [32, 48]
     assert result["encode_speedup"] > 0 and result["decode_speedup"] > 0
     assert result["largest_component_ms"]["masks"] == 4 and result["largest_component_speedup"] > 0
+    assert result["cleanup_rle_ms"]["masks"] == 4 and result["cleanup_rle_speedup"] == \
+        pytest.approx(result["cleanup_rle_ms"]["rebuilt"] / result["cleanup_rle_ms"]["from_runs"])
 
 
 def test_opencv_baseline_breaks_ties_in_row_major_order():
@@ -60,6 +62,7 @@ def test_rle_command_on_tiny_masks(tiny_data, tmp_path):
     assert "RLE on 3 masks of 64x96 (best of 1)" in result.output
     assert data["largest_component_ms"]["masks"] == 3
     assert "largest component (3 masks in one batch" in result.output
+    assert "clean-up + RLE (3 masks)" in result.output
 
 
 def test_no_masks_is_one_line(tmp_path):

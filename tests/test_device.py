@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from pipeline import device
 from pipeline.config import ModelConfig
@@ -242,6 +243,21 @@ def test_compile_in_place_keeps_the_module_its_weights_and_its_outputs(fast_comp
     assert type(model) is type(eager) and list(model.state_dict()) == list(eager.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(model(x), eager(x))
+
+
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead", "max-autotune"])
+def test_compile_passes_its_mode_to_inductor(mode, monkeypatch):
+    calls = []
+    monkeypatch.setattr(nn.Module, "compile", lambda self, **kw: calls.append(kw))
+    compile_model(nn.Linear(2, 2), mode)
+    assert calls == [{"backend": "inductor", "mode": mode}]
+
+
+def test_an_unknown_compile_mode_fails_in_one_line_before_compiling(monkeypatch):
+    monkeypatch.setattr(nn.Module, "compile", lambda self, **kw: pytest.fail("compiled"))
+    with pytest.raises(PipelineError, match="predict.compile_mode: 'cudagraphs' is not one of "
+                                           "default, reduce-overhead"):
+        compile_model(nn.Linear(2, 2), "cudagraphs")
 
 
 # --------------------------------------------------------------------------- memory

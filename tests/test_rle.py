@@ -11,6 +11,7 @@ from pipeline import rle
 from pipeline.config import FULL_SHAPE
 from pipeline.data.io import read_mask
 from pipeline.data.layout import Layout, mask_name, parse_name, submission_names
+from pipeline.postprocess import row_runs
 
 
 def naive_decode(text: str, shape: tuple[int, int]) -> np.ndarray:
@@ -108,6 +109,54 @@ def test_numpy_and_torch_encoders_agree_that_nonzero_is_foreground(kind):
     assert rle.encode_torch(torch.from_numpy(masks)) == expected
 
 
+def _row_runs(masks: np.ndarray) -> np.ndarray:
+    """An independent K x 4 (image, row, start, end) list: a pixel loop, no torch."""
+    out = []
+    for i, mask in enumerate(masks):
+        for r, line in enumerate(mask):
+            c = 0
+            while c < len(line):
+                if line[c]:
+                    s = c
+                    while c < len(line) and line[c]:
+                        c += 1
+                    out.append((i, r, s, c))
+                c += 1
+    return np.array(out, dtype=np.int64).reshape(-1, 4)
+
+
+def test_row_runs_to_rle_merges_runs_across_row_ends():
+    # rows 1-2 of image 0: a run to the last column continues on the next row's first column
+    masks = np.array([[[0, 0, 1, 1], [1, 1, 1, 1], [1, 0, 0, 0]],
+                      [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]],
+                      [[1, 0, 0, 1], [0, 0, 0, 0], [1, 0, 0, 1]]], dtype=bool)
+    got = rle.from_row_runs(_row_runs(masks), 3, 4)
+    assert got == ["3 7", "", "1 1 4 1 9 1 12 1"]
+    assert got == [rle.encode_reference(m.astype(np.uint8)) for m in masks]
+
+
+def test_row_runs_to_rle_matches_the_reference_on_random_masks():
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        n, h, w = (int(v) for v in rng.integers(1, 6, size=3))
+        masks = rng.random((n, h, w)) < rng.random()
+        expected = [rle.encode_reference(m.astype(np.uint8)) for m in masks]
+        assert rle.from_row_runs(_row_runs(masks), n, w) == expected
+
+
+def test_row_runs_to_rle_of_a_subset_of_runs():
+    """Dropping runs (the clean-up keeps one region's) encodes exactly the runs kept, also
+    where a dropped run sat between two that would otherwise look adjacent."""
+    masks = np.array([[[1, 1, 0, 1], [1, 0, 1, 1], [1, 1, 1, 1]]], dtype=bool)
+    runs = _row_runs(masks)  # (0,0,0,2) (0,0,3,4) (0,1,0,1) (0,1,2,4) (0,2,0,4)
+    keep = np.array([True, False, False, True, True])
+    kept = np.zeros_like(masks)
+    for _, r, a, b in runs[keep]:
+        kept[0, r, a:b] = True
+    assert rle.from_row_runs(runs[keep], 1, 4) == [rle.encode_reference(kept[0].astype(np.uint8))]
+    assert rle.from_row_runs(np.zeros((0, 4)), 2, 4) == ["", ""]
+
+
 def test_decode_rejects_runs_outside_the_image():
     with pytest.raises(ValueError, match="outside"):
         rle.decode("20 5", (4, 5))
@@ -145,6 +194,8 @@ def test_real_masks_on_torch_match(real_root):
     table = pd.read_csv(layout.train_masks_csv).head(8)
     masks = np.stack([read_mask(layout.mask_dir / mask_name(i)) for i in table["img"]])
     assert rle.encode_torch(torch.from_numpy(masks.copy())) == table["rle_mask"].tolist()
+    runs = row_runs(torch.from_numpy(masks)).numpy()  # (a pixel loop would take a minute)
+    assert rle.from_row_runs(runs, len(masks), FULL_SHAPE[1]) == table["rle_mask"].tolist()
 
 
 @pytest.mark.real_data

@@ -21,7 +21,8 @@ from pipeline.data.io import write_image
 from pipeline.data.layout import Layout
 from pipeline.data.layout import submission_names as sample_names
 from pipeline.errors import PipelineError
-from pipeline.inference.engine import iter_predictions, load_ensemble, masks_to_rle
+from pipeline.inference.encode import masks_to_rle
+from pipeline.inference.engine import iter_predictions, load_ensemble
 from pipeline.models import build_model
 from pipeline.models.checkpoint import save_checkpoint
 from pipeline.submission.format import read_submission, validate_submission

@@ -47,7 +47,8 @@ from pipeline.data.io import image_size
 from pipeline.data.transforms import normalize
 from pipeline.device import peak_memory_mib, resolve_precision
 from pipeline.errors import PipelineError, one_line_errors
-from pipeline.inference.engine import iter_predictions, load_ensemble, masks_to_rle, tta_dims
+from pipeline.inference.encode import iter_rles
+from pipeline.inference.engine import iter_predictions, load_ensemble, tta_dims
 from pipeline.metrics import dice_per_image
 from pipeline.models.checkpoint import load_model, save_checkpoint
 from pipeline.models.factory import build_model
@@ -79,11 +80,8 @@ def naive_predict(model, path: str | Path, size: tuple[int, int], tta: Sequence[
 def engine_rles(ckpt: Path, paths: Sequence[Path], cfg: Config, device: str = "cpu") -> list[str]:
     """The engine's RLE strings for ``paths`` (a fresh ensemble load, like a real run)."""
     ensemble = load_ensemble([ckpt], device, cfg.predict)
-    out: list[str] = []
-    for pred in iter_predictions(ensemble, paths, cfg.predict, device, (FULL_HEIGHT, FULL_WIDTH)):
-        out.extend(masks_to_rle(pred.probs, cfg.predict.threshold,
-                                cfg.predict.largest_component))
-    return out
+    preds = iter_predictions(ensemble, paths, cfg.predict, device, (FULL_HEIGHT, FULL_WIDTH))
+    return [r for batch in iter_rles(preds, cfg.predict, device) for r in batch.rles]
 
 
 # --------------------------------------------------------------------------- inputs

@@ -46,15 +46,19 @@ def gpu_markdown(result: dict) -> str:
          f"{pred['output_size'][0]}, model input {height}x{width}, TTA {pred['tta']}, "
          f"{pred['precision']}, batch {pred['batch_size']}, {pred['num_workers']} workers, "
          f"largest component {pred['largest_component']}; busy = compute-only time / "
-         "end-to-end time; naive = one image at a time, PIL, fp32, cv2 upsampling, numpy RLE:"),
+         "end-to-end time; RLE = masks encoded on a thread overlapping the next batch "
+         "(predict.overlap) or in the main thread; naive = one image at a time, PIL, fp32, "
+         "cv2 upsampling, numpy RLE:"),
         "",
-        ("| model | models | decode | img/s | compute-only img/s | busy | NVML util % "
+        ("| model | models | decode | RLE | img/s | compute-only img/s | busy | NVML util % "
          f"| peak MiB | min for {result['test_images']:,} | naive img/s | x naive |"),
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in pred["results"]:
         lines.append(
-            f"| {r['model']} | {r['models']} | {r['decode']} | {r['engine_img_per_s']:.1f} "
+            f"| {r['model']} | {r['models']} | {r['decode']} "
+            f"| {'overlapped' if r.get('overlap', False) else 'main thread'} "
+            f"| {r['engine_img_per_s']:.1f} "
             f"| {r['compute_img_per_s']:.1f} | {r['busy_fraction']:.0%} "
             f"| {_f(r['nvml_utilisation'], '.0f')} | {_f(r['peak_mib'], '.0f')} "
             f"| {r['projected_minutes_test_set']:.1f} | {_f(r['naive_img_per_s'], '.2f')} "

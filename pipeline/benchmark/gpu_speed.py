@@ -9,8 +9,10 @@ Prediction, at the largest size: the inference engine end to end, JPEG files to 
 initialised checkpoints; the same images again preloaded on the device (compute only), whose
 time over the end-to-end time is the GPU busy fraction; NVML utilisation sampled meanwhile; the
 naive loop of :mod:`pipeline.benchmark.engine_speed` on the same device; and the projected
-minutes for Kaggle's 100,064 test images. The first model runs once more with the JPEGs decoded
-on the device (``predict.decode: device``), and decoding alone is timed both ways
+minutes for Kaggle's 100,064 test images. The first model runs twice more: with the JPEGs
+decoded on the device (``predict.decode: device``), and with the RLE encoding in the main
+thread instead of overlapped with the next batch (``predict.overlap``, or the other way round
+when the config turned it off). Decoding alone is timed both ways
 (:mod:`pipeline.benchmark.decode_speed`). The same command runs on a CPU at a tiny size.
 """
 
@@ -49,7 +51,13 @@ from pipeline.device import (
     synchronize,
 )
 from pipeline.errors import PipelineError
-from pipeline.inference.engine import iter_predictions, load_ensemble, masks_to_rle, predict_probs
+from pipeline.inference.encode import iter_rles
+from pipeline.inference.engine import (
+    Prediction,
+    iter_predictions,
+    load_ensemble,
+    predict_probs,
+)
 from pipeline.inference.loader import ImageDataset, make_loader
 from pipeline.models.checkpoint import load_model
 
@@ -159,20 +167,17 @@ class _Utilisation:
 def ensemble_rles(ensemble, paths: Sequence[Path], cfg: PredictConfig, device: torch.device,
                   out_shape: tuple[int, int]) -> list[str]:
     """The engine end to end: JPEG files to RLE strings."""
-    out: list[str] = []
-    for pred in iter_predictions(ensemble, paths, cfg, device, out_shape):
-        out.extend(masks_to_rle(pred.probs, cfg.threshold, cfg.largest_component))
-    return out
+    preds = iter_predictions(ensemble, paths, cfg, device, out_shape)
+    return [r for batch in iter_rles(preds, cfg, device) for r in batch.rles]
 
 
-def compute_rles(ensemble, batches: Sequence[dict], cfg: PredictConfig,
+def compute_rles(ensemble, batches: Sequence[dict], cfg: PredictConfig, device: torch.device,
                  out_shape: tuple[int, int]) -> list[str]:
-    """What the engine does per batch once the images are on the device: models, masks, RLE."""
-    out: list[str] = []
-    for images in batches:
-        probs = predict_probs(ensemble, images, cfg, out_shape)
-        out.extend(masks_to_rle(probs, cfg.threshold, cfg.largest_component))
-    return out
+    """What the engine does per batch once the images are on the device: models, masks, RLE
+    (encoded as the engine does, overlapped with ``predict.overlap``)."""
+    preds = (Prediction([], [], predict_probs(ensemble, images, cfg, out_shape))
+             for images in batches)
+    return [r for batch in iter_rles(preds, cfg, device) for r in batch.rles]
 
 
 def preload_batches(ensemble, paths: Sequence[Path], cfg: PredictConfig, device: torch.device,
@@ -201,11 +206,13 @@ def _predict_row(ckpts: Sequence[Path], paths: Sequence[Path], cfg: PredictConfi
                                device)
     peak = peak_memory_mib(device) if device.type == "cuda" else None
     batches = preload_batches(ensemble, paths, cfg, device, out_shape)
-    compute_rles(ensemble, batches[:1], cfg, out_shape)  # warm-up
-    same, compute_s = _timed(lambda: compute_rles(ensemble, batches, cfg, out_shape), device)
+    compute_rles(ensemble, batches[:1], cfg, device, out_shape)  # warm-up
+    same, compute_s = _timed(lambda: compute_rles(ensemble, batches, cfg, device, out_shape),
+                            device)
     assert len(rles) == len(same) == len(paths)
     rate = len(paths) / seconds
-    return {"models": len(ckpts), "decode": cfg.decode, "engine_img_per_s": rate,
+    return {"models": len(ckpts), "decode": cfg.decode, "overlap": cfg.overlap,
+            "engine_img_per_s": rate,
             "compute_img_per_s": len(paths) / compute_s, "busy_fraction": compute_s / seconds,
             "nvml_utilisation": util.mean, "peak_mib": peak,
             "projected_minutes_test_set": TEST_IMAGES / rate / 60}
@@ -237,7 +244,8 @@ def measure_prediction(configs: Sequence[Config], plan: GpuPlan, device: torch.d
     files, out_shape, source = prediction_images(data_root, work, size)
     paths = cycle(files, plan.images)
     pc = configs[0].predict
-    result = {"decode": decode_rates(paths, size, out_shape, pc, device),"data": source, "distinct_files": len(files), "images": len(paths),
+    result = {"decode": decode_rates(paths, size, out_shape, pc, device),
+              "data": source, "distinct_files": len(files), "images": len(paths),
               "input_size": list(size), "output_size": list(out_shape), "tta": list(pc.tta),
               "precision": resolve_precision(pc.precision, device, what="predict.precision").name,
               "batch_size": pc.batch_size, "num_workers": pc.num_workers,
@@ -247,15 +255,17 @@ def measure_prediction(configs: Sequence[Config], plan: GpuPlan, device: torch.d
                  for seed in range(plan.ensemble)]
         naive = naive_rate(ckpts[0], paths[: plan.naive_images], size, cfg.predict, device,
                            out_shape)
-        runs = [(members, "workers") for members in dict.fromkeys((1, plan.ensemble))]
-        if cfg is configs[0]:
-            runs.append((1, "device"))
-        for members, decode in runs:
-            predict = dataclasses.replace(cfg.predict, decode=decode)
+        overlap = cfg.predict.overlap
+        runs = [(members, "workers", overlap) for members in dict.fromkeys((1, plan.ensemble))]
+        if cfg is configs[0]:  # the first model once more: decoded on the device, and with
+            # the RLE encoding in the main thread (or overlapped, if the config turned it off)
+            runs += [(1, "device", overlap), (1, "workers", not overlap)]
+        for members, decode, overlapped in runs:
+            predict = dataclasses.replace(cfg.predict, decode=decode, overlap=overlapped)
             row = _predict_row(ckpts[:members], paths, predict, device, out_shape)
             if device.type == "cuda":
                 torch.cuda.empty_cache()  # the ensemble and its preloaded images are gone
-            single = members == 1 and decode == "workers"
+            single = (members, decode, overlapped) == runs[0]
             result["results"].append({
                 "model": cfg.model.label, **row,
                 "naive_img_per_s": naive if single else None,

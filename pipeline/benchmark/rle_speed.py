@@ -1,7 +1,9 @@
 """``python -m pipeline.benchmark rle``: our RLE against the common Kaggle kernel, same masks,
 same run; and :func:`pipeline.postprocess.largest_component` (runs, only run boundaries leave
 the device) against OpenCV labelling of the full masks on the host, on one batch of the first
-few masks with seeded specks added (a real mask is one region: nothing to remove)."""
+few masks with seeded specks added (a real mask is one region: nothing to remove); and the
+submission's clean-up + RLE of that batch (:func:`pipeline.inference.encode.masks_to_rle`: both
+from the row runs on the host) against rebuilding the cleaned masks and encoding them again."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from pipeline.atomic import write_json
 from pipeline.data.io import read_mask
 from pipeline.data.layout import Layout
 from pipeline.errors import PipelineError, one_line_errors
+from pipeline.inference.encode import masks_to_rle
 from pipeline.postprocess import largest_component
 
 
@@ -76,6 +79,12 @@ def run_rle_benchmark(masks: list[np.ndarray], repeats: int = 5, batch: int = 4)
         raise AssertionError("largest_component disagrees with OpenCV: benchmark aborted")
     ours_lc = best_seconds(largest_component, [specked], repeats)
     ref_lc = best_seconds(largest_component_reference, [specked], repeats)
+    probs = specked.float()
+    if masks_to_rle(probs, 0.5, True) != rle.encode_torch(largest_component(specked)):
+        raise AssertionError("clean-up + RLE from runs disagrees: benchmark aborted")
+    runs_cr = best_seconds(lambda p: masks_to_rle(p, 0.5, True), [probs], repeats)
+    rebuilt_cr = best_seconds(lambda p: rle.encode_torch(largest_component(p > 0.5)), [probs],
+                              repeats)
     n, b = len(masks), len(specked)
     return {
         "masks": n,
@@ -87,6 +96,9 @@ def run_rle_benchmark(masks: list[np.ndarray], repeats: int = 5, batch: int = 4)
         "largest_component_ms": {"masks": b, "ours": 1e3 * ours_lc / b,
                                  "reference": 1e3 * ref_lc / b},
         "largest_component_speedup": ref_lc / ours_lc,
+        "cleanup_rle_ms": {"masks": b, "from_runs": 1e3 * runs_cr / b,
+                           "rebuilt": 1e3 * rebuilt_cr / b},
+        "cleanup_rle_speedup": rebuilt_cr / runs_cr,
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -126,4 +138,8 @@ def register(app: typer.Typer) -> None:
                    f"{result['torch_threads']} threads): ours {lc['ours']:.2f} ms, OpenCV on the "
                    f"full masks {lc['reference']:.2f} ms (per mask) -> ours "
                    f"{result['largest_component_speedup']:.2f}x as fast")
+        cr = result["cleanup_rle_ms"]
+        typer.echo(f"clean-up + RLE ({cr['masks']} masks): from the row runs {cr['from_runs']:.2f} "
+                   f"ms, masks rebuilt and encoded again {cr['rebuilt']:.2f} ms (per mask) -> "
+                   f"{result['cleanup_rle_speedup']:.2f}x as fast")
         typer.echo(f"wrote {out}")

@@ -23,8 +23,9 @@ Per batch of images:
    refiners' results are averaged: the same mean-of-probabilities rule as the models. Pixels
    off the edge band keep the ensemble's probability.
 7. ``probs > threshold`` gives the masks (with ``largest_component``, only each one's largest
-   region); :func:`masks_to_rle` encodes them on the device and only the run boundaries come
-   back to the CPU.
+   region): :func:`to_masks` on the device for scoring, or straight to RLE strings by
+   :mod:`pipeline.inference.encode`, where only the runs of each image row reach the host, on
+   a background thread that overlaps the next batch (``predict.overlap``).
 
 Memory stays flat however many images are predicted: :func:`iter_predictions` yields one batch
 at a time and keeps nothing.
@@ -41,7 +42,6 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from pipeline import rle
 from pipeline.config import FULL_SHAPE, PredictConfig, RefineConfig
 from pipeline.data.transforms import normalize_batch
 from pipeline.device import autocast, compile_model, enable_fast_kernels, resolve_precision
@@ -88,13 +88,6 @@ def to_masks(probs: torch.Tensor, threshold: float = 0.5,
     each mask keeps only its largest connected region (:mod:`pipeline.postprocess`)."""
     masks = probs > threshold
     return keep_largest(masks) if largest_component else masks
-
-
-def masks_to_rle(probs: torch.Tensor, threshold: float = 0.5,
-                 largest_component: bool = False) -> list[str]:
-    """N x H x W probabilities on any device -> N Kaggle RLE strings of :func:`to_masks`
-    (row-major, 1-based starts; only run boundaries leave the device)."""
-    return rle.encode_torch(to_masks(probs, threshold, largest_component))
 
 
 # --------------------------------------------------------------------------- the ensemble
@@ -162,7 +155,7 @@ def load_ensemble(
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if cfg.compile:
-            compile_model(model)
+            compile_model(model, cfg.compile_mode)
         refiner, refine = (load_refiner(refiner_beside(path), device, ckpt.get("split"))
                            if cfg.refiner else (None, None))
         members.append(Member(model.eval(), (train.height, train.width), str(path), refiner,
@@ -201,6 +194,10 @@ def predict_probs(
         for member in members:
             for dims in views:
                 view = x.flip(dims).contiguous(memory_format=layout) if dims else x
+                if cfg.compile:
+                    # CUDA graphs (compile_mode reduce-overhead) reuse their output memory on
+                    # the next replay: each output is used up (sigmoid into acc) before it.
+                    torch.compiler.cudagraph_mark_step_begin()
                 with autocast(precision, x.device):
                     logits = member.model(view)
                 logits = logits[:, 0].float()  # N x h x w: class 0 is the car

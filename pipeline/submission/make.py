@@ -28,7 +28,8 @@ from pipeline.device import resolve_precision
 from pipeline.distributed import DistInfo, block_range
 from pipeline.errors import PipelineError
 from pipeline.fingerprint import code_version, fingerprint
-from pipeline.inference.engine import iter_predictions, load_ensemble, masks_to_rle
+from pipeline.inference.encode import iter_rles
+from pipeline.inference.engine import iter_predictions, load_ensemble
 from pipeline.submission.format import HEADER, csv_lines
 from pipeline.submission.shards import ShardWriter, merge_shards, shard_path, wait_for_shards
 
@@ -118,9 +119,8 @@ def make_submission(
     try:
         preds = iter_predictions(ensemble, todo, p, device, shape,
                                  progress="submit" if progress and dist.is_main else False)
-        for pred in preds:
-            rles = masks_to_rle(pred.probs, p.threshold, p.largest_component)
-            writer.add(csv_lines(pred.names, rles), len(rles))
+        for batch in iter_rles(preds, p, device):
+            writer.add(csv_lines(batch.names, batch.rles), len(batch.rles))
             faults.reached("submit.batch")
             if writer.pending >= cfg.submit.shard_every:
                 writer.flush()
