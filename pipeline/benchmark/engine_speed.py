@@ -38,6 +38,7 @@ from pipeline.config import (
     FULL_WIDTH,
     Config,
     DemoConfig,
+    PredictConfig,
     cli_config,
     cli_paths,
     load_config,
@@ -77,11 +78,17 @@ def naive_predict(model, path: str | Path, size: tuple[int, int], tta: Sequence[
     return rle.encode_reference(mask)
 
 
+def ensemble_rles(ensemble, paths: Sequence[Path], cfg: PredictConfig,
+                  device: torch.device | str, out_shape: tuple[int, int]) -> list[str]:
+    """The engine end to end, as a submission runs it: JPEG files to RLE strings."""
+    preds = iter_predictions(ensemble, paths, cfg, device, out_shape)
+    return [r for batch in iter_rles(preds, cfg, device) for r in batch.rles]
+
+
 def engine_rles(ckpt: Path, paths: Sequence[Path], cfg: Config, device: str = "cpu") -> list[str]:
     """The engine's RLE strings for ``paths`` (a fresh ensemble load, like a real run)."""
     ensemble = load_ensemble([ckpt], device, cfg.predict)
-    preds = iter_predictions(ensemble, paths, cfg.predict, device, (FULL_HEIGHT, FULL_WIDTH))
-    return [r for batch in iter_rles(preds, cfg.predict, device) for r in batch.rles]
+    return ensemble_rles(ensemble, paths, cfg.predict, device, (FULL_HEIGHT, FULL_WIDTH))
 
 
 # --------------------------------------------------------------------------- inputs

@@ -35,6 +35,7 @@ from pipeline.benchmark.decode_speed import decode_rates
 from pipeline.benchmark.engine_speed import (
     TEST_IMAGES,
     cycle,
+    ensemble_rles,
     full_size_images,
     make_checkpoint,
     naive_predict,
@@ -54,7 +55,6 @@ from pipeline.errors import PipelineError
 from pipeline.inference.encode import iter_rles
 from pipeline.inference.engine import (
     Prediction,
-    iter_predictions,
     load_ensemble,
     predict_probs,
 )
@@ -162,13 +162,6 @@ class _Utilisation:
     def mean(self) -> float | None:
         values = [s for s in self.samples if s is not None]
         return statistics.fmean(values) if values else None
-
-
-def ensemble_rles(ensemble, paths: Sequence[Path], cfg: PredictConfig, device: torch.device,
-                  out_shape: tuple[int, int]) -> list[str]:
-    """The engine end to end: JPEG files to RLE strings."""
-    preds = iter_predictions(ensemble, paths, cfg, device, out_shape)
-    return [r for batch in iter_rles(preds, cfg, device) for r in batch.rles]
 
 
 def compute_rles(ensemble, batches: Sequence[dict], cfg: PredictConfig, device: torch.device,
