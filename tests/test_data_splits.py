@@ -3,10 +3,14 @@ fold trains and validates on, and clear errors."""
 
 from __future__ import annotations
 
+import warnings
+
+import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO
 
-from pipeline.config import FoldsConfig
+from pipeline.config import FoldsConfig, load_config
 from pipeline.data.layout import train_index
 from pipeline.data.splits import (
     FOLD_COLUMNS,
@@ -17,6 +21,7 @@ from pipeline.data.splits import (
     mask_areas,
     select_rows,
     split,
+    stratified_group_folds,
     write_folds,
 )
 from pipeline.errors import PipelineError
@@ -55,6 +60,60 @@ def test_stratified_by_make():
     per_fold = folds.drop_duplicates("car_id").groupby(["fold", "make"]).size().unstack()
     # 10 cars of each make over 5 folds: exactly 2 per fold when stratified.
     assert (per_fold == 2).all().all()
+
+
+def random_groups(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
+    """Rows of 6-40 groups of 1-20 rows each, one to four strata, sometimes mixed within a
+    group; 2-6 folds."""
+    n_groups = int(rng.integers(6, 41))
+    sizes = rng.integers(1, 21, n_groups)
+    groups = np.repeat([f"car{g:03d}" for g in rng.permutation(n_groups)], sizes)
+    labels = np.array(["Audi", "BMW", "Kia", "_rare"])[:int(rng.integers(1, 5))]
+    strata = np.repeat(rng.choice(labels, n_groups), sizes)
+    mixed = rng.random(len(strata)) < rng.choice([0.0, 0.2])
+    strata[mixed] = rng.choice(labels, int(mixed.sum()))
+    return strata, groups, int(rng.integers(2, min(6, n_groups) + 1))
+
+
+def test_stratified_group_folds_equal_scikit_learns_fixed_splitter():
+    # scikit-learn >= 1.8 is the independent reference (before 1.8 its shuffle mixed up the
+    # groups' class counts); our own copy of the greedy must give its folds row for row.
+    sklearn = pytest.importorskip("sklearn")
+    if tuple(int(v) for v in sklearn.__version__.split(".")[:2]) < (1, 8):
+        pytest.skip(f"scikit-learn {sklearn.__version__} < 1.8 shuffles StratifiedGroupKFold "
+                    "wrongly: no reference")
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    rng = np.random.default_rng(0)
+    for case in range(60):
+        strata, groups, n_folds = random_groups(rng)
+        seed = int(rng.integers(0, 2**31))
+        expected = np.full(len(strata), -1)
+        splitter = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)
+        with warnings.catch_warnings():  # "the least populated class has only N members"
+            warnings.simplefilter("ignore", UserWarning)
+            for k, (_, val) in enumerate(splitter.split(strata, strata, groups)):
+                expected[val] = k
+        got = stratified_group_folds(strata, groups, n_folds, seed)
+        assert np.array_equal(got, expected), f"case {case}: {n_folds} folds, seed {seed}"
+
+
+def test_stratified_group_folds_keep_groups_whole_and_each_stratum_even():
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        n_cars, n_folds = int(rng.integers(5, 60)), int(rng.integers(2, 6))
+        n_folds = min(n_folds, n_cars)
+        make = rng.choice(["Audi", "BMW", "Kia"], n_cars)
+        groups = np.repeat([f"c{i}" for i in range(n_cars)], 16)
+        strata = np.repeat(make, 16)
+        fold = stratified_group_folds(strata, groups, n_folds, int(rng.integers(0, 1000)))
+        cars = pd.DataFrame({"car": groups, "make": strata, "fold": fold}).drop_duplicates()
+        assert cars["car"].is_unique  # one fold per car
+        assert set(cars["fold"]) == set(range(n_folds))
+        per_fold = cars.groupby(["make", "fold"]).size().unstack(fill_value=0)
+        per_fold = per_fold.reindex(columns=range(n_folds), fill_value=0)
+        # Equal-sized cars of one make each: every make is dealt out within one car per fold.
+        assert (per_fold.max(axis=1) - per_fold.min(axis=1)).max() <= 1
 
 
 def test_stratify_by_area_needs_the_area_and_unknown_modes_are_rejected():
@@ -145,3 +204,12 @@ def test_real_cars_five_folds(real_root):
     folds = make_folds(train_index(real_root), FoldsConfig(n_folds=5))
     cars = folds.groupby("fold")["car_id"].nunique()
     assert cars.sum() == 97 and cars.max() - cars.min() <= 1
+
+
+@pytest.mark.real_data
+def test_committed_real_folds_are_remade_byte_for_byte(real_root, tmp_path):
+    # Every real-data figure is measured on folds/real_folds.csv: the folds stage must write
+    # that file again on any machine, whatever scikit-learn (if any) is installed.
+    cfg = load_config([REPO / "configs/base.yaml", REPO / "configs/profiles/cpu_real.yaml"])
+    out = write_folds(make_folds(train_index(real_root), cfg.folds), tmp_path / "folds.csv")
+    assert out.read_bytes() == (REPO / "folds/real_folds.csv").read_bytes()

@@ -27,7 +27,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -60,6 +60,9 @@ from pipeline.inference.engine import (
 )
 from pipeline.inference.loader import ImageDataset, make_loader
 from pipeline.models.checkpoint import load_model
+
+if TYPE_CHECKING:  # typing.Self is Python >= 3.11; annotations are never evaluated here
+    from typing_extensions import Self
 
 GPU_MODELS = ("configs/models/smp_unet_resnet34.yaml", "configs/models/unet.yaml")
 GPU_SIZES = ((640, 960), FULL_SHAPE)

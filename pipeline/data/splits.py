@@ -3,8 +3,9 @@ fold trains and validates on.
 
 All 16 angles of a car share one fold (a car's angles are near-duplicates: splitting them would
 leak the validation car into training and inflate CV Dice). Folds are balanced in image count
-(within one car) and stratified by make from ``metadata.csv`` (or by mask area), using
-scikit-learn's ``StratifiedGroupKFold``; the assignment is deterministic for a seed.
+(within one car) and stratified by make from ``metadata.csv`` (or by mask area) by the greedy of
+scikit-learn's ``StratifiedGroupKFold`` (:func:`stratified_group_folds`, written here: the split
+must not depend on the installed scikit-learn); the assignment is deterministic for a seed.
 
 Output: ``folds/folds.csv`` with columns ``img, car_id, angle, make, fold``.
 """
@@ -45,6 +46,51 @@ def _strata(index: pd.DataFrame, stratify: str, n_folds: int) -> np.ndarray:
     return np.where(labels.isin(rare), "_rare", labels)
 
 
+def stratified_group_folds(strata: np.ndarray, groups: np.ndarray, n_folds: int,
+                           seed: int) -> np.ndarray:
+    """The fold (0..n_folds-1) of every row: rows of one group share a fold, and each stratum's
+    rows spread over the folds in proportion.
+
+    The greedy of scikit-learn's ``StratifiedGroupKFold(shuffle=True, random_state=seed)``, whose
+    folds it reproduces for scikit-learn >= 1.8 (tested): the groups, in a seeded random order
+    and then most uneven stratum mix first, each go to the fold that keeps every stratum's share
+    most even over the folds. Written here because the split must be the same on every machine:
+    before 1.8 that class shuffled the groups' stratum counts without their ids, so its folds
+    differ by version and were not stratified. NumPy's legacy ``RandomState`` draws the order:
+    its stream is frozen across NumPy versions.
+    """
+    _, stratum, stratum_rows = np.unique(strata, return_inverse=True, return_counts=True)
+    _, group = np.unique(groups, return_inverse=True)
+    group_counts = np.zeros((group.max() + 1, len(stratum_rows)))
+    np.add.at(group_counts, (group, stratum), 1)
+    order = np.arange(len(group_counts))
+    np.random.RandomState(seed).shuffle(order)
+    # A stable sort keeps the random order among groups of equally uneven mix.
+    order = order[np.argsort(-group_counts[order].std(axis=1), kind="stable")]
+    fold_counts = np.zeros((n_folds, len(stratum_rows)))
+    fold_of_group = np.empty(len(group_counts), dtype=int)
+    for g in order:
+        fold = _best_fold(fold_counts, stratum_rows, group_counts[g])
+        fold_counts[fold] += group_counts[g]
+        fold_of_group[g] = fold
+    return fold_of_group[group]
+
+
+def _best_fold(fold_counts: np.ndarray, stratum_rows: np.ndarray, adding: np.ndarray) -> int:
+    """The fold that, given the rows ``adding``, leaves the strata most evenly shared: the
+    lowest mean over strata of the standard deviation of each fold's share of the stratum.
+    Near-equal spreads (``np.isclose``) go to the fold with fewer rows, then to the first."""
+    best, best_spread, best_rows = 0, np.inf, np.inf
+    for fold in range(len(fold_counts)):
+        trial = fold_counts.copy()
+        trial[fold] += adding
+        spread = np.std(trial / stratum_rows, axis=0).mean()
+        rows = fold_counts[fold].sum()
+        if spread < best_spread or (np.isclose(spread, best_spread) and rows < best_rows):
+            best, best_spread, best_rows = fold, spread, rows
+    return best
+
+
 def make_folds(index: pd.DataFrame, cfg: FoldsConfig) -> pd.DataFrame:
     """Assign a fold to every image of ``index`` (columns img, car_id, angle, make[, area]).
 
@@ -59,20 +105,15 @@ def make_folds(index: pd.DataFrame, cfg: FoldsConfig) -> pd.DataFrame:
             f"folds.n_folds={cfg.n_folds} is larger than the number of cars ({n_cars}); "
             f"use at most {n_cars} folds or add cars"
         )
-    # Shuffle whole cars (not images) so the sklearn splitter sees a seed-dependent order.
+    # Shuffle whole cars (not images): the splitter below sees a seed-dependent row order.
     rng = np.random.default_rng(cfg.seed)
     cars = index["car_id"].unique()
     order = {car: i for i, car in enumerate(rng.permutation(cars))}
     shuffled = index.assign(_order=index["car_id"].map(order)).sort_values(["_order", "angle"])
     shuffled = shuffled.reset_index(drop=True)
 
-    from sklearn.model_selection import StratifiedGroupKFold  # slow import: only when splitting
-
-    splitter = StratifiedGroupKFold(n_splits=cfg.n_folds, shuffle=True, random_state=cfg.seed)
     strata = _strata(shuffled, cfg.stratify, cfg.n_folds)
-    fold = np.full(len(shuffled), -1, dtype=int)
-    for k, (_, val_idx) in enumerate(splitter.split(shuffled, strata, groups=shuffled["car_id"])):
-        fold[val_idx] = k
+    fold = stratified_group_folds(strata, shuffled["car_id"].to_numpy(), cfg.n_folds, cfg.seed)
     out = shuffled.assign(fold=fold)
     out = out.sort_values("img").reset_index(drop=True)
     if "make" not in out:

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Self
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -27,6 +27,9 @@ from pipeline import rle
 from pipeline.config import PredictConfig
 from pipeline.inference.engine import Prediction
 from pipeline.postprocess import largest_run_component, row_runs
+
+if TYPE_CHECKING:  # typing.Self is Python >= 3.11; annotations are never evaluated here
+    from typing_extensions import Self
 
 # Batches submitted before the oldest one's strings are awaited: 2 lets the main thread queue
 # batch i+1 on the device while batch i is encoded, and keeps at most two batches of
