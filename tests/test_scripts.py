@@ -1,0 +1,112 @@
+"""The scripts that prepare and run the GPU session (scripts/copy_cars.py, scripts/gpu_run.sh),
+run here on the CPU so that a GPU session never spends its minutes on a script's bug."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline.data.layout import train_index
+from pipeline.data.validate import validate
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = (64, 96)
+
+
+def _copy_cars():
+    spec = importlib.util.spec_from_file_location("copy_cars", REPO / "scripts" / "copy_cars.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _image_bytes(root: Path) -> int:
+    """The JPEG and GIF bytes under ``root`` (all that copy_cars counts but the CSV rows)."""
+    return sum(p.stat().st_size for p in root.rglob("*") if p.suffix in (".jpg", ".gif"))
+
+
+def test_copy_cars_copies_whole_cars_in_order_as_a_valid_layout(tiny_data, tmp_path):
+    dst = tmp_path / "subset"
+    cars = _copy_cars().copy_cars(tiny_data, dst, 2, 10**9)
+    every = sorted(train_index(tiny_data)["car_id"].unique())
+    assert cars == every[:2]
+    assert validate(dst, expected=TINY) == []  # the project's own checks of a Kaggle folder
+    index = train_index(dst)
+    assert sorted(index["car_id"].unique()) == cars and len(index) == 32  # 16 angles each
+    masks = pd.read_csv(dst / "train_masks.csv")
+    original = pd.read_csv(tiny_data / "train_masks.csv").set_index("img")
+    assert set(masks["img"].str[:12]) == set(cars)
+    assert (masks.set_index("img")["rle_mask"] == original.loc[masks["img"], "rle_mask"]).all()
+    tests = sorted(p.name for p in (tiny_data / "test").glob("*.jpg"))
+    assert sorted(p.name for p in (dst / "test").glob("*.jpg")) == tests
+    assert pd.read_csv(dst / "sample_submission.csv")["img"].tolist() == tests
+    meta = pd.read_csv(dst / "metadata.csv", dtype=str)
+    assert set(meta["id"]) == set(cars) | {t[:12] for t in tests}
+    for name in index["img"]:  # the bytes themselves, not re-encoded
+        assert (dst / "train" / name).read_bytes() == (tiny_data / "train" / name).read_bytes()
+
+
+def test_copy_cars_stops_at_the_byte_budget(tiny_data, tmp_path, monkeypatch):
+    module = _copy_cars()
+    monkeypatch.setattr(module, "MIN_CARS", 2)  # the tiny data has 4 cars, not the real 10+
+    full = tmp_path / "full"
+    module.copy_cars(tiny_data, full, 4, 10**9)
+    budget = _image_bytes(full) - 1  # one byte short of the 4 cars' files and the test images
+    cut = tmp_path / "cut"
+    cars = module.copy_cars(tiny_data, cut, 4, budget)
+    assert len(cars) == 3
+    assert _image_bytes(cut) <= budget
+
+
+def test_copy_cars_too_small_a_budget_fails_in_one_line(tiny_data, tmp_path):
+    with pytest.raises(SystemExit, match=r"^only 0 cars fit in 0\.0 MiB; ask for fewer"):
+        _copy_cars().copy_cars(tiny_data, tmp_path / "none", 2, 1)
+
+
+def _gpu_run(*args: str, env: dict[str, str], timeout: int = 300):
+    return subprocess.run(["bash", str(REPO / "scripts" / "gpu_run.sh"), *args], check=False,
+                          cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_run_without_a_command_prints_its_usage(tmp_path):
+    result = _gpu_run(env={})
+    assert result.returncode == 2 and "scripts/gpu_run.sh prepare [CARS]" in result.stdout
+    unknown = _gpu_run("run", "train", env={"SKIP_INSTALL": "1", "OUT": str(tmp_path)})
+    assert unknown.returncode == 2
+    assert unknown.stderr == "run what? bench, accuracy, predict or all\n"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_run_predict_writes_one_benchmark_per_settings_line(tmp_path):
+    """``run predict`` as the GPU session calls it, at 64x96 on the CPU: one ``benchmark gpu``
+    per line of PREDICT_SETTINGS, each line's overrides reaching the run."""
+    out = tmp_path / "out"
+    settings = "predict.compile=false\npredict.compile=false predict.overlap=false"
+    env = {"SKIP_INSTALL": "1", "PYTHON": sys.executable, "OUT": str(out), "HEIGHT": "64",
+           "WIDTH": "96", "PREDICT_SETTINGS": settings, "NO_ALBUMENTATIONS_UPDATE": "1",
+           "BENCH_ARGS": "--device cpu --images 2 --batch-size 2 --ensemble 1"}
+    result = _gpu_run("run", "predict", env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "== predict 1: predict.compile=false\n" in result.stdout
+    assert "== predict 2: predict.compile=false predict.overlap=false\n" in result.stdout
+    reports = [json.loads((out / f"predict_{i}.json").read_text()) for i in (1, 2)]
+    for report, line in zip(reports, settings.splitlines()):
+        assert report["command"].endswith(line)  # the line's overrides reached the run
+        assert report["plan"]["sizes"] == [[64, 96]] and report["plan"]["steps"] == 3  # --quick
+        assert {row["model"] for row in report["training"]} == {"smp_unet_resnet34"}
+        assert report["prediction"]["input_size"] == [64, 96]
+    first, second = (report["prediction"]["results"] for report in reports)
+    assert first[0]["overlap"] and not second[0]["overlap"]  # predict.overlap, as set
+    assert {row["overlap"] for row in first} == {True, False}  # and the other way, compared
+    assert (out / "predict_2.md").is_file() and (out / "predict_2.log").is_file()
