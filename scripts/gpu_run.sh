@@ -28,7 +28,10 @@
 # /tmp/site), TRAIN_MINUTES (training budget, default 5), BENCH_ARGS (extra `benchmark gpu`
 # options, e.g. --quick), TRAIN_ARGS (extra overrides for folds, train and evaluate),
 # PREDICT_SETTINGS (lines of overrides for `predict`; default: the profile's compiled prediction,
-# then the same with CUDA graphs), HEIGHT and WIDTH (`predict`'s size, default 1280x1918).
+# then the same with CUDA graphs), HEIGHT and WIDTH (`predict`'s size, default 1280x1918),
+# DATA_ROOT (`run` only: a Kaggle-layout folder to use instead of .device/carvana), PROFILE
+# (the configs/profiles/ file layered on configs/base.yaml, default gpu_full; gpu_recipe for the
+# winners' recipe, its crops, boundary loss and weight average, trained for TRAIN_MINUTES).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -104,7 +107,7 @@ bench() {
     [ -d "$DATA/train" ] && root=(--data-root "$DATA")  # real JPEGs rather than renders
     # shellcheck disable=SC2086  # BENCH_ARGS: several words
     "$py" -m pipeline.benchmark gpu "${root[@]}" --out "$out/gpu_benchmark.json" \
-        -c configs/base.yaml -c configs/profiles/gpu_full.yaml ${BENCH_ARGS:-} \
+        -c configs/base.yaml -c "configs/profiles/${PROFILE:-gpu_full}.yaml" ${BENCH_ARGS:-} \
         2>&1 | tee "$out/gpu_benchmark.log"
 }
 
@@ -118,7 +121,7 @@ predict.compile_mode=reduce-overhead"
         echo "== predict $i: $settings"
         # shellcheck disable=SC2086  # settings, BENCH_ARGS: several words
         "$py" -m pipeline.benchmark gpu "${root[@]}" --out "$out/predict_$i.json" \
-            -c configs/base.yaml -c configs/profiles/gpu_full.yaml \
+            -c configs/base.yaml -c "configs/profiles/${PROFILE:-gpu_full}.yaml" \
             --models configs/models/smp_unet_resnet34.yaml --height "${HEIGHT:-1280}" \
             --width "${WIDTH:-1918}" --quick ${BENCH_ARGS:-} $settings 2>&1 \
             | tee "$out/predict_$i.log"
@@ -127,7 +130,7 @@ predict.compile_mode=reduce-overhead"
 
 accuracy() {
     local py=$1 out=$2 work=${WORK:-.device/work}
-    local cfg=(-c configs/base.yaml -c configs/profiles/gpu_full.yaml) cars
+    local cfg=(-c configs/base.yaml -c "configs/profiles/${PROFILE:-gpu_full}.yaml") cars
     cars=$(find "$DATA/train" -name '*.jpg' -printf '%f\n' | cut -c1-12 | sort -u | wc -l)
     # fold 0 holds ~5 cars out; the model trains on the rest
     # shellcheck disable=SC2206  # TRAIN_ARGS: several words
@@ -151,6 +154,9 @@ accuracy() {
 
 run() {
     local what=${1:-all} out=${OUT:-.device/out} py=${PYTHON:-python3}
+    DATA=${DATA_ROOT:-$DATA}
+    local profile=configs/profiles/${PROFILE:-gpu_full}.yaml
+    [ -f "$profile" ] || { echo "$profile: no such profile (PROFILE)" >&2; exit 2; }
     mkdir -p "$out"
     [ -n "${SKIP_INSTALL:-}" ] || install "$py"
     case $what in

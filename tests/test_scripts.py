@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
+from pipeline.config import DemoConfig
+from pipeline.data.demo import generate_demo
 from pipeline.data.layout import train_index
 from pipeline.data.validate import validate
 
@@ -110,3 +113,42 @@ def test_gpu_run_predict_writes_one_benchmark_per_settings_line(tmp_path):
     assert first[0]["overlap"] and not second[0]["overlap"]  # predict.overlap, as set
     assert {row["overlap"] for row in first} == {True, False}  # and the other way, compared
     assert (out / "predict_2.md").is_file() and (out / "predict_2.log").is_file()
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_run_refuses_an_unknown_profile(tmp_path):
+    result = _gpu_run("run", "accuracy", env={"SKIP_INSTALL": "1", "OUT": str(tmp_path),
+                                              "PROFILE": "gpu_nonesuch"})
+    assert result.returncode == 2
+    assert result.stderr == "configs/profiles/gpu_nonesuch.yaml: no such profile (PROFILE)\n"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_run_accuracy_trains_the_recipe_and_scores_the_held_out_cars(tmp_path):
+    """``run accuracy`` with PROFILE=gpu_recipe, as a GPU session would call it, on 8 generated
+    cars at 64x96 (crops 32x64) for 6 seconds: folds holding ~5 cars out (here 2 folds of 4),
+    the recipe trained on fold 0's complement, then scored out of fold on its cars."""
+    data = tmp_path / "cars"
+    generate_demo(data, DemoConfig(train_cars=8, test_cars=1, seed=0, height=64, width=96))
+    out, work = tmp_path / "out", tmp_path / "work"
+    shrink = ("train.height=64 train.width=96 train.crop=[32,64] train.num_workers=0 "
+              "predict.num_workers=0 predict.compile=false train.precision=fp32 "
+              f"predict.precision=fp32 data.cache_dir={tmp_path / 'cache'}")
+    env = {"SKIP_INSTALL": "1", "PYTHON": sys.executable, "OUT": str(out), "WORK": str(work),
+           "DATA_ROOT": str(data), "PROFILE": "gpu_recipe", "TRAIN_MINUTES": "0.1",
+           "TRAIN_ARGS": shrink, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    result = _gpu_run("run", "accuracy", env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    folds = pd.read_csv(out / "folds.csv")
+    assert folds.groupby("fold")["car_id"].nunique().to_dict() == {0: 4, 1: 4}
+    best = torch.load(work / "checkpoints" / "smp_unet_resnet34" / "fold0" / "best.pt",
+                      map_location="cpu", weights_only=False)
+    train = best["config"]["train"]  # the profile's recipe, shrunk by TRAIN_ARGS
+    assert (train["loss"], train["ema"], train["crop"]) == ("boundary_bce_dice", 0.999, [32, 64])
+    assert train["time_budget_min"] == 0.1
+    cv = json.loads((out / "cv.json").read_text())
+    held_out = folds.loc[folds["fold"] == 0, "img"]
+    assert cv["mode"] == "oof" and cv["images"] == len(held_out) == 64
+    assert list(cv["folds"]) == ["0"] and 0.0 < cv["dice"] <= 1.0
+    assert (out / "train.log").is_file() and (out / "evaluate.log").is_file()
