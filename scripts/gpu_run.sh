@@ -107,7 +107,7 @@ bench() {
     [ -d "$DATA/train" ] && root=(--data-root "$DATA")  # real JPEGs rather than renders
     # shellcheck disable=SC2086  # BENCH_ARGS: several words
     "$py" -m pipeline.benchmark gpu "${root[@]}" --out "$out/gpu_benchmark.json" \
-        -c configs/base.yaml -c "configs/profiles/${PROFILE:-gpu_full}.yaml" ${BENCH_ARGS:-} \
+        -c configs/base.yaml -c "$PROFILE_YAML" ${BENCH_ARGS:-} \
         2>&1 | tee "$out/gpu_benchmark.log"
 }
 
@@ -121,7 +121,7 @@ predict.compile_mode=reduce-overhead"
         echo "== predict $i: $settings"
         # shellcheck disable=SC2086  # settings, BENCH_ARGS: several words
         "$py" -m pipeline.benchmark gpu "${root[@]}" --out "$out/predict_$i.json" \
-            -c configs/base.yaml -c "configs/profiles/${PROFILE:-gpu_full}.yaml" \
+            -c configs/base.yaml -c "$PROFILE_YAML" \
             --models configs/models/smp_unet_resnet34.yaml --height "${HEIGHT:-1280}" \
             --width "${WIDTH:-1918}" --quick ${BENCH_ARGS:-} $settings 2>&1 \
             | tee "$out/predict_$i.log"
@@ -130,7 +130,7 @@ predict.compile_mode=reduce-overhead"
 
 accuracy() {
     local py=$1 out=$2 work=${WORK:-.device/work}
-    local cfg=(-c configs/base.yaml -c "configs/profiles/${PROFILE:-gpu_full}.yaml") cars
+    local cfg=(-c configs/base.yaml -c "$PROFILE_YAML") cars
     cars=$(find "$DATA/train" -name '*.jpg' -printf '%f\n' | cut -c1-12 | sort -u | wc -l)
     # fold 0 holds ~5 cars out; the model trains on the rest
     # shellcheck disable=SC2206  # TRAIN_ARGS: several words
@@ -155,8 +155,8 @@ accuracy() {
 run() {
     local what=${1:-all} out=${OUT:-.device/out} py=${PYTHON:-python3}
     DATA=${DATA_ROOT:-$DATA}
-    local profile=configs/profiles/${PROFILE:-gpu_full}.yaml
-    [ -f "$profile" ] || { echo "$profile: no such profile (PROFILE)" >&2; exit 2; }
+    PROFILE_YAML=configs/profiles/${PROFILE:-gpu_full}.yaml
+    [ -f "$PROFILE_YAML" ] || { echo "$PROFILE_YAML: no such profile (PROFILE)" >&2; exit 2; }
     mkdir -p "$out"
     [ -n "${SKIP_INSTALL:-}" ] || install "$py"
     case $what in
