@@ -18,7 +18,7 @@ from pipeline.config import Config, ModelConfig, PredictConfig, RefineConfig
 from pipeline.data.io import read_image
 from pipeline.data.layout import Layout
 from pipeline.data.layout import submission_names as sample_names
-from pipeline.data.transforms import normalize
+from pipeline.data.transforms import normalize, normalize_batch
 from pipeline.errors import PipelineError
 from pipeline.inference import engine
 from pipeline.inference.engine import (
@@ -203,22 +203,34 @@ def test_load_ensemble_uses_each_training_size(tmp_path, ckpt):
     # C++ kernels built: 15-30 s on 2 cores; the CUDA-graph mode compiles as default on a CPU
     pytest.param("inductor", "reduce-overhead", marks=pytest.mark.slow),
 ])
-def test_a_compiled_ensemble_predicts_what_the_eager_one_does(ckpt, monkeypatch, backend, mode):
+def test_a_compiled_ensemble_predicts_what_the_eager_one_does(ckpt, tmp_path, monkeypatch,
+                                                               backend, mode):
     monkeypatch.setattr(device, "COMPILE_BACKEND", backend)
     tuned = []
     monkeypatch.setattr(engine, "enable_fast_kernels", tuned.append)
     cfg = dataclasses.replace(FP32, compile=True, compile_mode=mode, tta=["hflip"])
+    # Two folds of one architecture and size with other weights, as a real ensemble: Dynamo
+    # traces the first and reuses its graph for the second (the weights are the graph's inputs),
+    # so the second must still predict with its own weights, not the first one's.
+    other = tiny_checkpoint(tmp_path / "fold1" / "best.pt", seed=1)
     try:
-        compiled = load_ensemble([ckpt], "cpu", cfg)
-        eager = load_ensemble([ckpt], "cpu", dataclasses.replace(cfg, compile=False))
+        compiled = load_ensemble([ckpt, other], "cpu", cfg)
+        eager = load_ensemble([ckpt, other], "cpu", dataclasses.replace(cfg, compile=False))
         assert tuned == [torch.device("cpu")] * 2  # cuDNN autotuning asked for (a no-op here)
-        assert compiled.members[0].model._compiled_call_impl is not None
-        assert eager.members[0].model._compiled_call_impl is None
+        assert all(m.model._compiled_call_impl is not None for m in compiled.members)
+        assert all(m.model._compiled_call_impl is None for m in eager.members)
         images = {(32, 48): batch_of(asymmetric_images(3, 32, 48))}
         for n in (3, 1):  # a smaller last batch is another shape: compiled again, same numbers
             batch = {size: x[:n] for size, x in images.items()}
             torch.testing.assert_close(predict_probs(compiled, batch, cfg, (64, 96)),
                                        predict_probs(eager, batch, cfg, (64, 96)))
+        # each compiled member on its own predicts what its eager twin does, and the two differ
+        x = normalize_batch(images[(32, 48)])
+        with torch.no_grad():
+            outs = [[m.model(x) for m in ens.members] for ens in (compiled, eager)]
+        for got, want in zip(*outs):
+            torch.testing.assert_close(got, want)
+        assert not torch.allclose(outs[1][0], outs[1][1])
     finally:
         torch._dynamo.reset()
 
