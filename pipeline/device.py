@@ -1,5 +1,5 @@
-"""Devices: which one to run on, which precision it computes fast, autocast, fast kernels
-(cuDNN autotuning, torch.compile) and peak memory.
+"""Devices: which one to run on, which precision it computes fast, autocast, seeding, fast
+kernels (cuDNN autotuning, torch.compile) and peak memory.
 
 Training, prediction and every benchmark take their device and precision from here, so the
 rule is written once:
@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import platform
-import sys
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -64,10 +65,12 @@ def synchronize(device: torch.device) -> None:
 
 @dataclass(frozen=True)
 class Precision:
-    """Autocast dtype (None: fp32) and whether fp16 needs a gradient scaler."""
+    """Autocast dtype (None: fp32), whether fp16 needs a gradient scaler, and the one warning
+    line for bf16 on hardware that only emulates it (printed once by whoever resolved it)."""
 
     dtype: torch.dtype | None = None
     scaler: bool = False
+    warning: str = field(default="", compare=False)
 
     @property
     def name(self) -> str:
@@ -95,13 +98,10 @@ def native_bf16(device: torch.device) -> bool:
     return device.type == "cpu" and cpu_has_native_bf16()
 
 
-def resolve_precision(name: str, device: torch.device, *, what: str = "precision",
-                      warn=None) -> Precision:
-    """The :class:`Precision` that ``name`` (auto, fp32, bf16, fp16) means on ``device``.
-
-    ``what`` names the setting in messages (``train.precision``); ``warn(line)`` receives the
-    one-line warning for bf16 on hardware that only emulates it (default: stderr).
-    """
+def resolve_precision(name: str, device: torch.device, *, what: str = "precision") -> Precision:
+    """The :class:`Precision` that ``name`` (auto, fp32, bf16, fp16) means on ``device``;
+    ``what`` names the setting in messages (``train.precision``). Resolved once per run, by
+    whoever builds the run's model (the training parts, the prediction ensemble)."""
     if name not in PRECISIONS:
         raise PipelineError(f"{what} must be one of {', '.join(PRECISIONS)}, got '{name}'")
     cuda = device.type == "cuda"
@@ -115,9 +115,8 @@ def resolve_precision(name: str, device: torch.device, *, what: str = "precision
         if not cuda:
             raise PipelineError(f"{what}=fp16 needs a CUDA GPU; use auto, fp32 or bf16 on a CPU")
         return Precision(torch.float16, scaler=True)
-    if not native_bf16(device):
-        (warn or _stderr)(_emulation_warning(what, device))
-    return Precision(torch.bfloat16)
+    return Precision(torch.bfloat16,
+                     warning="" if native_bf16(device) else _emulation_warning(what, device))
 
 
 def _emulation_warning(what: str, device: torch.device) -> str:
@@ -131,21 +130,18 @@ def _emulation_warning(what: str, device: torch.device) -> str:
             "auto or fp32")
 
 
-_WARNED: set[str] = set()
-
-
-def _stderr(line: str) -> None:
-    """Print ``line`` to stderr once per process (prediction resolves per batch)."""
-    if line not in _WARNED:
-        _WARNED.add(line)
-        print(line, file=sys.stderr, flush=True)
-
-
 def autocast(precision: Precision, device: torch.device):
     """``torch.autocast`` for ``precision`` (a no-op context for fp32)."""
     if precision.dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=precision.dtype)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators: the same seed, the same run."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 # --------------------------------------------------------------------------- fast kernels

@@ -1,5 +1,5 @@
-"""Several processes under ``torchrun``: rank info, the process group, reductions, BatchNorm
-synchronised across ranks, and how a list of items is split into contiguous per-rank blocks.
+"""Several processes under ``torchrun``: rank info, the process group, reductions, and how a
+list of items is split into contiguous per-rank blocks.
 
 torchrun exports ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; without them (or with a world of
 one) everything here degrades to a single process. NCCL on GPUs, gloo on CPU. Only rank 0
@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from pipeline.device import pick_device
 from pipeline.errors import PipelineError
@@ -60,24 +59,6 @@ def local_world_size(info: DistInfo) -> int:
     """The processes of this run on this machine (torchrun's ``LOCAL_WORLD_SIZE``), which
     share its memory and its /dev/shm."""
     return int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
-
-
-def check_sync_bn(info: DistInfo) -> None:
-    """``train.sync_bn`` under DDP needs GPUs: SyncBatchNorm's training forward raises on a CPU
-    tensor, so refuse before the data is prepared. One process has nothing to synchronise:
-    :func:`sync_batchnorm` is not applied and the setting does nothing."""
-    if info.enabled and info.device.type != "cuda":
-        raise PipelineError(f"train.sync_bn=true needs one CUDA GPU per process; these "
-                            f"{info.world_size} processes run on {info.device.type}: set "
-                            "train.sync_bn=false (or run on GPUs)")
-
-
-def sync_batchnorm(model: nn.Module) -> nn.Module:
-    """``model`` with every BatchNorm replaced by a SyncBatchNorm (``train.sync_bn``), whose
-    training batch statistics are taken over the batches of all ranks, not each rank's own
-    few images. Parameters and buffers keep their names, so the state_dict (and a checkpoint)
-    loads into the plain BatchNorm model. Converts in place; use the returned module."""
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def cleanup(info: DistInfo) -> None:

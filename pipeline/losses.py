@@ -1,7 +1,7 @@
 """Segmentation losses: pure functions on logits, thin ``nn.Module`` wrappers, ``build_loss``.
 
 Conventions: ``logits`` and ``target`` have shape (N, 1, H, W) (or (N, H, W)); ``target`` holds
-{0, 1} floats; every loss returns a scalar averaged over the batch. Soft Dice and Lovasz are
+{0, 1} floats; every loss returns a scalar averaged over the batch. Soft Dice is
 computed per image and then averaged, like the competition metric (mean per-image Dice).
 
 The boundary-weighted loss is the Carvana winners' (1st place: BCE + soft Dice with 3x weight on
@@ -91,40 +91,6 @@ def boundary_bce_dice(logits: torch.Tensor, target: torch.Tensor, weight: float 
     return bce_weight * weighted_bce(logits, target, w) + (1 - bce_weight) * dice
 
 
-def bce_log_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``BCE - log(soft Dice)`` (Dice averaged over the batch first), the Carvana-era favourite:
-    the log sharpens the gradient as Dice approaches 1."""
-    return bce(logits, target) - torch.log(soft_dice(logits, target).mean())
-
-
-def _lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:
-    """Gradient of the Lovasz extension of the Jaccard loss w.r.t. sorted errors
-    (Berman et al. 2018, Alg. 1)."""
-    gts = gt_sorted.sum()
-    intersection = gts - gt_sorted.cumsum(0)
-    union = gts + (1 - gt_sorted).cumsum(0)
-    jaccard = 1.0 - intersection / union
-    jaccard[1:] = jaccard[1:] - jaccard[:-1]
-    return jaccard
-
-
-def lovasz_hinge_flat(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Lovasz hinge of one image: ``logits`` and ``labels`` flattened to shape (P,)."""
-    if labels.numel() == 0:
-        return logits.sum() * 0.0
-    signs = 2.0 * labels - 1.0
-    errors = 1.0 - logits * signs  # hinge margins; > 0 where a pixel is wrong or not confident
-    errors_sorted, perm = torch.sort(errors, descending=True)
-    grad = _lovasz_grad(labels[perm])
-    return torch.dot(F.relu(errors_sorted), grad)
-
-
-def lovasz_hinge(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Lovasz hinge loss computed per image and averaged over the batch."""
-    lg, t = _flat(logits), _flat(target)
-    return torch.stack([lovasz_hinge_flat(lg[i], t[i]) for i in range(lg.shape[0])]).mean()
-
-
 class BCEDiceLoss(nn.Module):
     """Module form of :func:`bce_dice`."""
 
@@ -134,20 +100,6 @@ class BCEDiceLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return bce_dice(logits, target, self.bce_weight)
-
-
-class LossFn(nn.Module):
-    """Module wrapper around a pure loss function ``fn(logits, target)``."""
-
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.fn(logits, target)
-
-    def extra_repr(self) -> str:
-        return self.fn.__name__
 
 
 class BoundaryBCEDiceLoss(nn.Module):
@@ -162,13 +114,13 @@ class BoundaryBCEDiceLoss(nn.Module):
         return boundary_bce_dice(logits, target, self.weight, kernel, self.bce_weight)
 
 
-LOSSES = ("bce_dice", "bce", "dice", "lovasz", "bce_log_dice", "boundary_bce_dice")
+LOSSES = ("bce_dice", "boundary_bce_dice")
 
 
 def build_loss(cfg: TrainConfig) -> nn.Module:
-    """The loss named by ``cfg.loss``: bce_dice (default), bce, dice, lovasz, bce_log_dice,
-    boundary_bce_dice (``train.boundary_weight`` on a band ``train.boundary_kernel`` px wide
-    at a 1024 px input height)."""
+    """The loss named by ``cfg.loss``: bce_dice, or boundary_bce_dice
+    (``train.boundary_weight`` on a band ``train.boundary_kernel`` px wide at a 1024 px input
+    height)."""
     if cfg.loss == "bce_dice":
         return BCEDiceLoss(cfg.bce_weight)
     if cfg.loss == "boundary_bce_dice":
@@ -176,8 +128,4 @@ def build_loss(cfg: TrainConfig) -> nn.Module:
             raise PipelineError("train.boundary_weight must be >= 1 and train.boundary_kernel "
                                 f">= 1, got {cfg.boundary_weight} and {cfg.boundary_kernel}")
         return BoundaryBCEDiceLoss(cfg.boundary_weight, cfg.boundary_kernel, cfg.bce_weight)
-    table = {"bce": bce, "dice": soft_dice_loss, "lovasz": lovasz_hinge,
-             "bce_log_dice": bce_log_dice}
-    if cfg.loss not in table:
-        raise PipelineError(f"train.loss must be one of {', '.join(LOSSES)}, got '{cfg.loss}'")
-    return LossFn(table[cfg.loss])
+    raise PipelineError(f"train.loss must be one of {', '.join(LOSSES)}, got '{cfg.loss}'")

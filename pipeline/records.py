@@ -65,11 +65,13 @@ class GroupScore:
     dice: float
     std: float
     images: int
+    ci95: list[float] | None = None  # 95% bootstrap interval over cars (folds)
 
 
 @dataclass(kw_only=True)
 class PredictSettings:
-    """What the scored masks were predicted with (``precision`` resolved, never ``auto``)."""
+    """What the scored masks were predicted with: every result setting of ``predict``
+    (``precision`` resolved, never ``auto``) and the device type."""
 
     tta: list[str]
     threshold: float
@@ -77,6 +79,10 @@ class PredictSettings:
     precision: str
     device: str
     refiner: bool = False  # the edge refiners beside the checkpoints were applied
+    channels_last: bool = True
+    compile: bool = False
+    compile_mode: str = "default"
+    decode: str = "workers"
 
 
 @dataclass(kw_only=True)
@@ -91,6 +97,7 @@ class CVSummary:
     folds_file: str | None = None
     images: int
     dice: float
+    dice_ci95: list[float] | None = None  # 95% bootstrap interval over cars
     dice_std: float
     dice_min: float
     dice_median: float

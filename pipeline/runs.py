@@ -26,6 +26,7 @@ from pipeline.errors import PipelineError
 
 FOLD_DIR = re.compile(r"^fold(-?\d+)$")
 REFINER = "refiner.pt"
+FOLDS_FILE = Path("folds/folds.csv")  # the folds stage's output, every other stage's input
 
 
 @dataclass(frozen=True)
@@ -153,18 +154,20 @@ def refine_command(checkpoint: str | Path) -> str:
 
 
 def ensemble_checkpoints(given, model: ModelPaths) -> list[Path]:
-    """The checkpoints named on the command line (each must exist), else every fold's
-    ``best.pt`` of ``model``."""
+    """The checkpoints named on the command line (each must exist), else the fold ensemble:
+    the ``best.pt`` of every validated fold of ``model``, the models whose out-of-fold Dice is
+    the CV score. A ``fold -1`` model (trained on every image) has no score of its own, so it
+    joins an ensemble only when named."""
     if given:
         missing = [str(p) for p in given if not Path(p).is_file()]
         if missing:
             raise PipelineError(f"{missing[0]}: checkpoint not found; check --checkpoint")
         return [Path(p) for p in given]
-    found = list(model.fold_checkpoints().values())
+    found = [p for fold, p in model.fold_checkpoints().items() if fold >= 0]
     if not found:
         raise PipelineError(
-            f"no checkpoints found at {model.roots.checkpoints / model.label}/fold*/best.pt; "
-            "train first (python -m pipeline.train), pass --model for another model, or "
-            "--checkpoint PATH"
+            f"no checkpoints found at {model.roots.checkpoints / model.label}/fold<K>/best.pt; "
+            "train the folds first (python -m pipeline.train --fold K), pass --model for "
+            "another model, or --checkpoint PATH"
         )
     return found

@@ -12,10 +12,10 @@ import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from pipeline.config import Config, DemoConfig, FoldsConfig, load_config
+from pipeline.config import Config, DemoConfig, FoldsConfig, default, load_config
 from pipeline.data.demo import generate_demo
 from pipeline.data.layout import train_index
-from pipeline.data.splits import make_folds, write_folds
+from pipeline.folds.splits import make_folds, write_folds
 from pipeline.runs import Roots, RunPaths
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,14 +59,14 @@ def real_root() -> Path:
 def tiny_data(tmp_path_factory) -> Path:
     """A small demo dataset in Kaggle layout: 4 train cars + 2 test cars, 16 angles, 64x96."""
     root = tmp_path_factory.mktemp("tiny_carvana")
-    generate_demo(root, DemoConfig(train_cars=4, test_cars=2, seed=0, height=64, width=96))
+    generate_demo(root, default(DemoConfig, train_cars=4, test_cars=2, seed=0, height=64, width=96))
     return root
 
 
 @pytest.fixture(scope="session")
 def tiny_folds(tiny_data, tmp_path_factory) -> Path:
     """2 folds of the tiny data (2 cars each), unstratified."""
-    folds = make_folds(train_index(tiny_data), FoldsConfig(n_folds=2, seed=0, stratify="none"))
+    folds = make_folds(train_index(tiny_data), default(FoldsConfig, n_folds=2, seed=0, stratify="none"))
     return write_folds(folds, tmp_path_factory.mktemp("folds") / "folds.csv")
 
 
@@ -79,7 +79,7 @@ def tiny_cache(tmp_path_factory) -> Path:
 def tiny_trained(tiny_data, tiny_folds, tiny_cache, tmp_path_factory) -> RunPaths:
     """One tiny U-Net trained on fold 0 of the tiny data (2 epochs of 3 batches), read-only:
     ``.best``, ``.last``, ``.record``, ``.live_dir``."""
-    from pipeline.training.trainer import train
+    from pipeline.train.trainer import train
 
     run = tiny_run(tmp_path_factory.mktemp("trained"))
     train(tiny_config(tiny_data, tiny_cache), 0, folds_path=tiny_folds, run=run, progress=False)

@@ -9,38 +9,41 @@ import re
 from collections import defaultdict
 
 import pytest
+import yaml
 from import_graph import REPO, all_modules, closure, imports_of, module_file
 
-# The command-line modules: a stage CLI each, the shared options, the benchmark subcommands.
-STAGES = {"pipeline.data.__main__", "pipeline.folds", "pipeline.train", "pipeline.evaluate",
-          "pipeline.submit", "pipeline.leaderboard", "pipeline.visualize", "pipeline.pseudo",
-          "pipeline.refine.__main__", "pipeline.benchmark.__main__"}
+# Every stage is a package named after it: its command in ``__main__.py``, its core beside it.
+STAGE_PACKAGES = ("data", "folds", "train", "evaluate", "submit", "benchmark", "leaderboard",
+                  "refine", "visualize")
+STAGES = {f"pipeline.{name}.__main__" for name in STAGE_PACKAGES}
 CLI = STAGES | {"pipeline.cli"} | {m for m in all_modules()
                                     if m.startswith("pipeline.benchmark")}
 
 # Layers in data-flow order: a module may import its own layer and the layers listed for it.
-FOUNDATION = {"pipeline", "pipeline.resources", "pipeline.errors", "pipeline.typed", "pipeline.config",
-              "pipeline.atomic", "pipeline.faults", "pipeline.figures", "pipeline.fingerprint",
-              "pipeline.device",
-              "pipeline.distributed", "pipeline.runs", "pipeline.records", "pipeline.kaggle",
-              "pipeline.rle", "pipeline.metrics", "pipeline.losses", "pipeline.postprocess"}
+FOUNDATION = {"pipeline", "pipeline.resources", "pipeline.errors", "pipeline.typed",
+              "pipeline.config", "pipeline.atomic", "pipeline.faults", "pipeline.figures",
+              "pipeline.keys", "pipeline.device", "pipeline.distributed", "pipeline.runs",
+              "pipeline.records", "pipeline.kaggle", "pipeline.rle", "pipeline.dice",
+              "pipeline.losses", "pipeline.postprocess", "pipeline.schedule"}
 LAYERS = {  # package -> the packages it may use besides the foundation and itself
     "pipeline.data": set(),
+    "pipeline.folds": {"pipeline.data"},
     "pipeline.models": set(),
-    "pipeline.refine": {"pipeline.data", "pipeline.models"},
-    "pipeline.training": {"pipeline.data", "pipeline.models", "pipeline.refine"},
+    "pipeline.refine": {"pipeline.data", "pipeline.folds", "pipeline.models"},
     "pipeline.inference": {"pipeline.data", "pipeline.models", "pipeline.refine"},
-    "pipeline.evaluation": {"pipeline.data", "pipeline.models", "pipeline.inference"},
-    "pipeline.submission": {"pipeline.data", "pipeline.models", "pipeline.inference"},
-    "pipeline.visuals": {"pipeline.data", "pipeline.models", "pipeline.inference"},
-    "pipeline.pseudo_labels": {"pipeline.data", "pipeline.models", "pipeline.inference"},
-    "pipeline.ranking": set(),
+    "pipeline.train": {"pipeline.data", "pipeline.folds", "pipeline.models", "pipeline.refine"},
+    "pipeline.evaluate": {"pipeline.data", "pipeline.folds", "pipeline.models",
+                          "pipeline.inference"},
+    "pipeline.submit": {"pipeline.data", "pipeline.models", "pipeline.inference"},
+    "pipeline.visualize": {"pipeline.data", "pipeline.models", "pipeline.inference"},
+    "pipeline.leaderboard": set(),
 }
 # Modules over ~300 lines, each with the one job that needs the length.
 LONG_OK = {
-    "pipeline/config.py": "the one config object: every setting, documented, and its loading",
+    "pipeline/config.py": "the one config object: every setting's type and meaning, and loading",
     "pipeline/data/validate.py": "every check of a Kaggle-layout folder, each with its message",
     "pipeline/data/demo_car.py": "the demo car's 3-D geometry",
+    "pipeline/inference/engine.py": "the engine's settings, the ensemble and its prediction loop",
 }
 SHARED_NAMES = {"app", "main", "register"}  # the command-line convention of every stage
 
@@ -84,11 +87,28 @@ def test_layers_import_only_what_they_may(module):
             assert target in allowed, f"{module} ({layer}) may not import {imported} ({target})"
 
 
-def test_the_inference_engine_does_not_need_training():
+def test_no_core_needs_training_or_a_stage_command():
+    """Only the train stage's own package (and the benchmarks, which measure it) reach
+    pipeline.train; no core module ever reaches a stage's command."""
     for module in all_modules():
-        if module.startswith("pipeline.inference"):
-            needed = closure(module)
-            assert not any(m.startswith("pipeline.training") for m in needed), module
+        if module in CLI:
+            continue
+        needed = closure(module)
+        assert not needed & STAGES, (module, needed & STAGES)
+        if not module.startswith("pipeline.train"):
+            assert not any(m.startswith("pipeline.train") for m in needed), module
+
+
+def test_every_dvc_stage_is_a_package_named_after_it():
+    """A reader finds a stage's command and its core by the stage's name in dvc.yaml."""
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in dvc.items():
+        cmd = stage.get("do", stage)["cmd"]
+        package = re.search(r"python -m pipeline\.(\w+)", cmd)[1]
+        assert package == name, f"dvc.yaml stage {name} runs pipeline.{package}"
+        assert module_file(f"pipeline.{name}.__main__") is not None, name
+    for name in STAGE_PACKAGES:
+        assert (REPO / "pipeline" / name / "__main__.py").is_file(), name
 
 
 @pytest.mark.parametrize("module", all_modules())
@@ -142,9 +162,20 @@ def test_modules_stay_short():
 
 
 def test_architecture_md_names_every_module():
+    """Each module is named under its package's bold heading (the foundation's under
+    **Foundation**), and every name there is a module on disk; ``__main__`` (each stage's
+    command) is said once for all."""
     text = (REPO / "ARCHITECTURE.md").read_text()
-    named = set(re.findall(r"`(pipeline/[\w/]+\.py)`", text))
+    named, package = set(), None
+    for token in re.findall(r"\*\*([\w ,.]+?)\*\*|`(\w+\.py)`", text):
+        heading, module = token
+        if heading:
+            word = heading.split()[0].lower()
+            package = "" if word == "foundation" else (
+                word if (REPO / "pipeline" / word).is_dir() else None)
+        elif package is not None:
+            named.add(f"pipeline/{package + '/' if package else ''}{module}")
     on_disk = {str(p.relative_to(REPO)) for p in (REPO / "pipeline").rglob("*.py")
-               if p.name != "__init__.py"}
+               if p.name not in ("__init__.py", "__main__.py")}
     assert on_disk - named == set(), f"ARCHITECTURE.md does not name {sorted(on_disk - named)}"
     assert named - on_disk == set(), f"ARCHITECTURE.md names missing {sorted(named - on_disk)}"

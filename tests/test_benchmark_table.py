@@ -14,7 +14,7 @@ import typer
 from typer.testing import CliRunner
 
 from pipeline.benchmark import table as tbl
-from pipeline.config import Config, ModelConfig
+from pipeline.config import Config, ModelConfig, default
 from pipeline.errors import PipelineError
 from pipeline.models.checkpoint import save_checkpoint
 from pipeline.models.factory import build_model, count_parameters
@@ -123,7 +123,7 @@ def test_table_command_writes_markdown_json_and_png(metrics_root, tmp_path):
 
 
 def test_table_counts_parameters_from_the_checkpoint(metrics_root, tmp_path):
-    cfg = Config(model=ModelConfig(arch="unet", name="unet", base_width=4, depth=2))
+    cfg = default(Config, model=default(ModelConfig, arch="unet", name="unet", base_width=4, depth=2))
     model = build_model(cfg.model)
     save_checkpoint(tmp_path / "ck" / "unet" / "fold0" / "best.pt", model, cfg)
     rows = tbl.collect_rows(Roots(metrics=metrics_root, checkpoints=tmp_path / "ck"),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import TrainConfig
+from pipeline.config import TrainConfig, default
 from pipeline.data.cache import build_cache
 from pipeline.data.dataset import SegmentationDataset, build_transform, crop_size
 from pipeline.data.io import read_image, read_mask, write_image, write_mask_gif
@@ -47,7 +47,7 @@ def test_dataset_items_cached_and_uncached_agree(rows, tmp_path):
 
 def test_items_are_the_resized_source_without_augmentation(rows):
     # the uint8 sample is exactly the shared resize of the source: nothing is normalised in
-    # the worker (the device does it, pipeline.training.loop.to_input)
+    # the worker (the device does it, pipeline.train.loop.to_input)
     x, y = SegmentationDataset(rows, 32, 48)[2]
     rec = rows.iloc[2]
     assert np.array_equal(x.numpy(), resize_image(read_image(rec["image_path"]), 32, 48))
@@ -62,7 +62,7 @@ def test_full_res_returns_the_source_mask(rows, tmp_path):
 
 
 def test_augmentation_is_seeded_per_epoch_and_image(rows, tmp_path):
-    ds = SegmentationDataset(rows, 32, 48, build_transform(TrainConfig()), seed=3)
+    ds = SegmentationDataset(rows, 32, 48, build_transform(default(TrainConfig)), seed=3)
     a, b = ds[0], ds[0]
     torch.testing.assert_close(a[0], b[0])  # same (seed, epoch, index): same sample
     outputs = []
@@ -82,7 +82,7 @@ def test_augmentation_keeps_mask_aligned_with_image(tmp_path):
     image = np.repeat(mask[..., None] * 200 + 20, 3, axis=2).astype(np.uint8)
     write_image(tmp_path / "a.png", image)
     write_mask_gif(tmp_path / "a_mask.gif", mask)
-    cfg = TrainConfig(aug_hflip=1.0, aug_affine=1.0, aug_shift=0.1, aug_scale=0.2,
+    cfg = default(TrainConfig, aug_hflip=1.0, aug_affine=1.0, aug_shift=0.1, aug_scale=0.2,
                       aug_rotate=15.0, aug_color=0.0)
     ds = SegmentationDataset([{"image_path": tmp_path / "a.png", "mask_path": tmp_path /
                                "a_mask.gif"}], 48, 64, build_transform(cfg), seed=rng.integers(9))
@@ -98,7 +98,7 @@ def test_augmentation_keeps_mask_aligned_with_image(tmp_path):
 
 
 def test_no_augmentation_when_disabled():
-    assert build_transform(TrainConfig(augment=False)) is None
+    assert build_transform(default(TrainConfig, augment=False)) is None
 
 
 @pytest.mark.parametrize("augment", [True, False])
@@ -111,7 +111,7 @@ def test_crop_cuts_an_aligned_window_of_the_resized_pair(tmp_path, augment):
     mask = ((rows_ + cols) % 3 == 0).astype(np.uint8)
     write_image(tmp_path / "a.png", image)
     write_mask_gif(tmp_path / "a_mask.gif", mask)
-    cfg = TrainConfig(height=h, width=w, crop=[16, 32], augment=augment, aug_hflip=0.0,
+    cfg = default(TrainConfig, height=h, width=w, crop=[16, 32], augment=augment, aug_hflip=0.0,
                       aug_affine=0.0, aug_color=0.0)
     ds = SegmentationDataset([{"image_path": tmp_path / "a.png",
                                "mask_path": tmp_path / "a_mask.gif"}], h, w,
@@ -129,8 +129,8 @@ def test_crop_cuts_an_aligned_window_of_the_resized_pair(tmp_path, augment):
 
 
 def test_crop_settings_are_checked():
-    assert crop_size(TrainConfig()) is None
-    assert crop_size(TrainConfig(height=64, width=96, crop=[32, 96])) == (32, 96)
+    assert crop_size(default(TrainConfig)) is None
+    assert crop_size(default(TrainConfig, height=64, width=96, crop=[32, 96])) == (32, 96)
     for bad in ([32], [0, 32], [65, 32], [32, 97], [1, 2, 3]):
         with pytest.raises(PipelineError, match="train.crop"):
-            crop_size(TrainConfig(height=64, width=96, crop=bad))
+            crop_size(default(TrainConfig, height=64, width=96, crop=bad))

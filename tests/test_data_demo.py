@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import DemoConfig
+from pipeline.config import DemoConfig, default
 from pipeline.data import demo
 from pipeline.data.io import image_size, read_image, read_mask
 from pipeline.data.layout import Layout, mask_name, train_index
@@ -78,7 +78,7 @@ def test_layout_is_complete_and_valid(tiny_data):
     assert lines[1:] == [f"{n},1 1" for n in tests]  # sorted names, Kaggle's placeholder RLE
     assert layout.train_masks_csv.read_text().splitlines()[0] == "img,rle_mask"
     assert demo.is_current(
-        tiny_data, DemoConfig(train_cars=4, test_cars=2, seed=0, height=64, width=96)
+        tiny_data, default(DemoConfig, train_cars=4, test_cars=2, seed=0, height=64, width=96)
     )
 
 
@@ -173,7 +173,7 @@ def test_full_resolution_image():
 
 
 def test_deterministic_for_a_seed(tmp_path):
-    cfg = DemoConfig(train_cars=1, test_cars=1, seed=7, height=32, width=48)
+    cfg = default(DemoConfig, train_cars=1, test_cars=1, seed=7, height=32, width=48)
     a = _files(demo.generate_demo(tmp_path / "a", cfg))
     b = _files(demo.generate_demo(tmp_path / "b", cfg))
     assert a == b  # byte-identical JPEGs, GIFs and CSVs
@@ -189,7 +189,7 @@ def test_deterministic_for_a_seed(tmp_path):
 
 
 def test_parallel_workers_give_the_same_bytes(tmp_path):
-    cfg = DemoConfig(train_cars=1, test_cars=0, seed=3, height=32, width=48)
+    cfg = default(DemoConfig, train_cars=1, test_cars=0, seed=3, height=32, width=48)
     serial = _files(demo.generate_demo(tmp_path / "serial", cfg, workers=0))
     parallel = _files(demo.generate_demo(tmp_path / "parallel", cfg, workers=2))
     assert serial == parallel
@@ -197,8 +197,8 @@ def test_parallel_workers_give_the_same_bytes(tmp_path):
 
 def test_regenerating_removes_stale_files_and_refuses_foreign_data(tmp_path):
     root = tmp_path / "d"
-    demo.generate_demo(root, DemoConfig(train_cars=2, test_cars=1, seed=0, height=32, width=48))
-    demo.generate_demo(root, DemoConfig(train_cars=1, test_cars=0, seed=1, height=32, width=48))
+    demo.generate_demo(root, default(DemoConfig, train_cars=2, test_cars=1, seed=0, height=32, width=48))
+    demo.generate_demo(root, default(DemoConfig, train_cars=1, test_cars=0, seed=1, height=32, width=48))
     assert len(list((root / "train").iterdir())) == 16
     assert not list((root / "test").iterdir())
     assert validate(root, expected=(32, 48)) == []
@@ -207,21 +207,21 @@ def test_regenerating_removes_stale_files_and_refuses_foreign_data(tmp_path):
     (foreign / "train").mkdir(parents=True)
     (foreign / "train" / "0123456789ab_01.jpg").write_bytes(b"not ours")
     with pytest.raises(PipelineError, match="did not write"):
-        demo.generate_demo(foreign, DemoConfig(train_cars=1, test_cars=0, height=32, width=48))
+        demo.generate_demo(foreign, default(DemoConfig, train_cars=1, test_cars=0, height=32, width=48))
     assert (foreign / "train" / "0123456789ab_01.jpg").read_bytes() == b"not ours"
 
 
 def test_bad_settings_are_one_line_errors(tmp_path):
     with pytest.raises(PipelineError, match="train_cars"):
-        demo.generate_demo(tmp_path, DemoConfig(train_cars=0, test_cars=0))
+        demo.generate_demo(tmp_path, default(DemoConfig, train_cars=0, test_cars=0))
     with pytest.raises(PipelineError, match="at least 16"):
-        demo.generate_demo(tmp_path, DemoConfig(train_cars=1, height=8, width=8))
+        demo.generate_demo(tmp_path, default(DemoConfig, train_cars=1, height=8, width=8))
 
 
 @pytest.mark.slow
 def test_full_size_car_validates(tmp_path):
     """One car at Kaggle's 1918x1280 passes the default (full-size) validation."""
-    cfg = DemoConfig(train_cars=1, test_cars=0, seed=0)
+    cfg = default(DemoConfig, train_cars=1, test_cars=0, seed=0)
     root = demo.generate_demo(tmp_path / "full", cfg)
     problems = validate(root)
     assert [p for p in problems if p.severity == "error"] == []

@@ -4,6 +4,7 @@ a linked folder in Kaggle layout, and one-line errors."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.config import DataConfig, DemoConfig
+from pipeline.config import DataConfig, DemoConfig, default
 from pipeline.data.__main__ import app
 from pipeline.data.demo import STAMP
 from pipeline.data.prepare import link, prepare
@@ -53,18 +54,25 @@ def test_demo_generation_then_up_to_date_then_regenerated(tmp_path):
     assert len(list((out / "train").glob("*.jpg"))) == 16
 
 
-def test_directory_source_creates_a_symlink(tiny_data, tmp_path):
+def links_to(out: Path, target: Path) -> bool:
+    """``out`` is a real folder whose entries link into ``target`` (never a link itself)."""
+    return (not out.is_symlink() and out.is_dir()
+            and (out / "train").resolve() == (target / "train").resolve()
+            and all(p.is_symlink() for p in out.iterdir() if p.name != ".source"))
+
+
+def test_directory_source_creates_a_folder_of_links(tiny_data, tmp_path):
     out = tmp_path / "data" / "carvana"
-    result = invoke("--source", tiny_data, "--out", out)
+    result = invoke("--source", tiny_data, "--data-root", out)
     assert result.exit_code == 0, result.output
-    assert out.is_symlink() and out.resolve() == tiny_data.resolve()
+    assert links_to(out, tiny_data)
     assert "64 train images of 4 cars, 32 test images, 64x96" in result.output
-    # pointing it elsewhere replaces the link; the data it pointed at is untouched
+    # pointing it elsewhere replaces the links; the data they pointed at is untouched
     other = tmp_path / "other"
     other.symlink_to(tiny_data, target_is_directory=True)
-    again = invoke("--source", other, "--out", out)
+    again = invoke("--source", other, "--out", out)  # --out: the older name of --data-root
     assert again.exit_code == 0, again.output
-    assert out.is_symlink() and len(list((tiny_data / "train").iterdir())) == 64
+    assert links_to(out, tiny_data) and len(list((tiny_data / "train").iterdir())) == 64
 
 
 def test_directory_source_equal_to_out_is_only_validated(tiny_data):
@@ -126,23 +134,29 @@ def test_stage_runs_as_a_module(tmp_path):
 def test_prepare_links_a_folder_and_returns_its_summary(tiny_data, tmp_path):
     lines: list[str] = []
     out = tmp_path / "root"
-    summary = prepare(DataConfig(root=str(out)), source=str(tiny_data), echo=lines.append)
-    assert out.is_symlink() and out.resolve() == tiny_data.resolve()
+    summary = prepare(default(DataConfig, root=str(out)), source=str(tiny_data),
+                      echo=lines.append)
+    assert links_to(out, tiny_data)
     assert (summary.train_images, summary.train_cars, summary.test_images) == (64, 4, 32)
     assert summary.size == (64, 96)
-    assert lines[-1] == f"{out} -> {tiny_data.resolve()}"
+    assert lines[-1] == f"{out}/ -> links to {tiny_data.resolve()}/"
 
 
-def test_prepare_demo_replaces_a_link_with_generated_data(tiny_data, tmp_path):
+@pytest.mark.parametrize("layout", ["folder of links", "single link (older versions)"])
+def test_prepare_demo_replaces_links_with_generated_data(tiny_data, tmp_path, layout):
     out = tmp_path / "root"
-    out.symlink_to(tiny_data, target_is_directory=True)
-    demo = DemoConfig(train_cars=1, test_cars=1, height=64, width=96)
+    if layout == "folder of links":
+        link(out, tiny_data, echo=lambda _: None)
+    else:
+        out.symlink_to(tiny_data, target_is_directory=True)
+    demo = default(DemoConfig, train_cars=1, test_cars=1, height=64, width=96)
     lines: list[str] = []
-    summary = prepare(DataConfig(root=str(out), demo=demo), source="demo", progress=False,
+    summary = prepare(default(DataConfig, root=str(out), demo=demo), source="demo", progress=False,
                       echo=lines.append)
     assert not out.is_symlink() and (out / STAMP).is_file()
     assert summary.train_images == 16 and summary.test_images == 16
     assert "removing the link" in lines[0]
+    assert (out / "train").is_dir() and not (out / "train").is_symlink()
     assert len(list((tiny_data / "train").iterdir())) == 64  # the linked data is untouched
 
 
@@ -150,14 +164,16 @@ def test_link_replaces_an_empty_folder_and_a_demo_but_not_other_files(tiny_data,
     empty = tmp_path / "empty"
     empty.mkdir()
     link(empty, tiny_data, echo=lambda _: None)
-    assert empty.is_symlink() and empty.resolve() == tiny_data.resolve()
+    assert links_to(empty, tiny_data)
+    link(empty, tiny_data, echo=lambda _: None)  # an older folder of links is replaced
+    assert links_to(empty, tiny_data)
 
     demo = tmp_path / "demo"
     demo.mkdir()
     (demo / STAMP).write_text("{}")
     lines: list[str] = []
     link(demo, tiny_data, echo=lines.append)
-    assert demo.is_symlink() and "replacing the generated demo data" in lines[0]
+    assert links_to(demo, tiny_data) and "replacing the generated demo data" in lines[0]
 
     other = tmp_path / "other"
     other.mkdir()
@@ -165,4 +181,26 @@ def test_link_replaces_an_empty_folder_and_a_demo_but_not_other_files(tiny_data,
     with pytest.raises(PipelineError, match="already exists and holds other files"):
         link(other, tiny_data)
     assert (other / "keep.txt").read_text() == "x"
-    assert not list(tmp_path.glob(".*.link"))  # no temporary link left behind
+    assert not list(tmp_path.glob(".*.link"))  # no temporary folder left behind
+
+
+def test_replacing_links_never_touches_the_source(tiny_data, tmp_path):
+    """The source's files and modes are what they were after linking, relinking, replacing
+    with a demo and removing the links (what a re-run of the data stage does)."""
+    source = tmp_path / "source"
+    shutil.copytree(tiny_data, source)
+    source.chmod(0o755)
+    before = modes(source)
+    out = tmp_path / "root"
+    link(out, source, echo=lambda _: None)
+    link(out, source, echo=lambda _: None)
+    prepare(default(DataConfig, root=str(out), demo=default(
+        DemoConfig, train_cars=1, test_cars=1, height=64, width=96)), source="demo",
+        progress=False, echo=lambda _: None)
+    assert modes(source) == before
+
+
+def modes(root: Path) -> dict:
+    """Every path under ``root`` (itself included) with its mode and size."""
+    return {str(p.relative_to(root)): (p.lstat().st_mode, p.lstat().st_size)
+            for p in [root, *sorted(root.rglob("*"))]}

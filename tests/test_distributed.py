@@ -1,34 +1,26 @@
 """Several processes under torchrun, seen from one: contiguous per-rank blocks in whole batches,
-the single-process behaviour of DistInfo, setup, the reductions and run_on_all_ranks, and
-SyncBatchNorm (train.sync_bn): the conversion and its refusal on a CPU."""
+the single-process behaviour of DistInfo, setup, the reductions and run_on_all_ranks."""
 
 from __future__ import annotations
 
-import copy
 import itertools
 
 import pytest
 import torch
-from torch import nn
 
 from pipeline import distributed as dist_mod
-from pipeline.config import ModelConfig
 from pipeline.distributed import (
     DistInfo,
     all_reduce_sum,
     barrier,
     block_range,
-    check_sync_bn,
     cleanup,
     gather,
-    local_world_size,
     mean_over_ranks,
     run_on_all_ranks,
     setup,
-    sync_batchnorm,
 )
 from pipeline.errors import PipelineError
-from pipeline.models import build_model
 
 
 def test_block_range_covers_everything_in_whole_batches():
@@ -109,43 +101,3 @@ def test_run_on_all_ranks_raises_when_another_rank_failed(monkeypatch):
     assert sent == [0.0]  # this rank reported success before learning of the failure
 
 
-# --------------------------------------------------------------------------- train.sync_bn
-
-
-def test_sync_batchnorm_swaps_every_batchnorm_and_keeps_the_state_dict():
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(arch="unet", base_width=4, depth=2))
-    with torch.no_grad():  # non-default running statistics, so the copy below is checked
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_()
-                m.running_var.uniform_(0.5, 2)
-    plain = copy.deepcopy(model)
-    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
-    synced = sync_batchnorm(model)
-    kinds = [type(m) for m in synced.modules()]
-    assert n_bn > 0 and kinds.count(nn.SyncBatchNorm) == n_bn and nn.BatchNorm2d not in kinds
-    state = synced.state_dict()
-    assert list(state) == list(plain.state_dict())
-    fresh = build_model(ModelConfig(arch="unet", base_width=4, depth=2))
-    fresh.load_state_dict(state)  # a checkpoint of the synced model loads into a plain one
-    x = torch.randn(2, 3, 32, 48)
-    with torch.no_grad():  # eval mode: running statistics, no collective, runs on a CPU
-        torch.testing.assert_close(fresh.eval()(x), plain.eval()(x))
-
-
-def test_sync_bn_under_ddp_on_a_cpu_is_one_line_and_fine_elsewhere():
-    with pytest.raises(PipelineError) as exc:
-        check_sync_bn(DistInfo(rank=0, world_size=2, device=torch.device("cpu")))
-    line = str(exc.value)
-    assert "\n" not in line and line.startswith("train.sync_bn=true needs one CUDA GPU")
-    assert "train.sync_bn=false" in line
-    check_sync_bn(DistInfo())  # one process: nothing to synchronise, nothing refused
-    check_sync_bn(DistInfo(rank=1, world_size=2, device=torch.device("cuda", 1)))
-
-
-def test_local_world_size_is_torchruns_or_the_world(monkeypatch):
-    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert local_world_size(DistInfo(world_size=4)) == 4
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # 2 nodes of 2 GPUs
-    assert local_world_size(DistInfo(world_size=4)) == 2

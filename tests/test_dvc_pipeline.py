@@ -1,4 +1,5 @@
-"""The whole DVC pipeline end to end (``dvc repro``) on a micro config, in a scratch copy."""
+"""The whole DVC pipeline end to end (``dvc repro``) on a micro config, in a scratch copy; and
+the data stage re-run over a linked folder of the user's, which must stay as it was."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ MICRO = {
     "train": {"height": 32, "width": 48, "epochs": 1, "batch_size": 8, "num_workers": 0,
               "threads": 1},
     "predict": {"batch_size": 8, "num_workers": 0},
-    "benchmark": {"folds": [0, 1]},
+    "repro": {"folds": [0, 1]},
 }
 
 
@@ -43,8 +44,8 @@ def dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=900)
 
 
-@pytest.mark.slow
-def test_dvc_repro_runs_every_stage_on_a_micro_config(tmp_path):
+def project(tmp_path: Path, settings: dict) -> Path:
+    """A scratch git + DVC copy of the project with ``settings`` merged into base.yaml."""
     work = tmp_path / "project"
     work.mkdir()
     for name in ("dvc.yaml", "configs", "pipeline", ".dvc", ".dvcignore"):
@@ -55,13 +56,19 @@ def test_dvc_repro_runs_every_stage_on_a_micro_config(tmp_path):
         else:
             shutil.copy2(src, work / name)
     base = yaml.safe_load((work / "configs/base.yaml").read_text())
-    (work / "configs/base.yaml").write_text(yaml.safe_dump(merge(base, MICRO)))
+    (work / "configs/base.yaml").write_text(yaml.safe_dump(merge(base, settings)))
     subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+    return work
 
+
+@pytest.mark.slow
+def test_dvc_repro_runs_every_stage_on_a_micro_config(tmp_path):
+    work = project(tmp_path, MICRO)
+    base = yaml.safe_load((work / "configs/base.yaml").read_text())
     result = dvc("repro", cwd=work)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
-    model = base["benchmark"]["models"][0]
+    model = base["repro"]["models"][0]
     # every stage left its outputs
     for fold in (0, 1):
         assert (work / f"checkpoints/{model}/fold{fold}/best.pt").is_file()
@@ -97,6 +104,26 @@ def test_dvc_repro_runs_every_stage_on_a_micro_config(tmp_path):
     tuned["predict"]["batch_size"] = 2
     (work / "configs/base.yaml").write_text(yaml.safe_dump(tuned))
     assert stale_stages(work) == set()
+
+
+def test_rerunning_the_data_stage_leaves_the_linked_folder_alone(tiny_data, tmp_path):
+    """``dvc repro -f data`` removes the stage's output before running it again. A data root
+    that is a symlink to the user's folder made DVC's removal chmod that folder to 777; the
+    data root is now a folder of links, whose removal touches nothing in the source."""
+    source = tmp_path / "mine"
+    shutil.copytree(tiny_data, source)
+    source.chmod(0o755)
+    before = {str(p): (p.lstat().st_mode, p.lstat().st_size)
+              for p in [source, *sorted(source.rglob("*"))]}
+    work = project(tmp_path, {"data": {"source": str(source), "root": "data/real"}})
+    for args in (["repro", "data"], ["repro", "-f", "data"]):
+        result = dvc(*args, cwd=work)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    after = {str(p): (p.lstat().st_mode, p.lstat().st_size)
+             for p in [source, *sorted(source.rglob("*"))]}
+    assert after == before
+    root = work / "data" / "real"
+    assert not root.is_symlink() and (root / "train").resolve() == source / "train"
 
 
 def stale_stages(work: Path) -> set[str]:

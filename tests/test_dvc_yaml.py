@@ -61,9 +61,9 @@ def test_deps_cover_every_module_the_command_imports(name):
 def test_every_stage_depends_on_the_profile_it_layers():
     for name, stage in STAGES.items():
         stage = body(name)
-        if "-c configs/profiles/${benchmark.profile}.yaml" in stage["cmd"]:
-            assert "configs/profiles/${benchmark.profile}.yaml" in stage["deps"], name
-    assert (REPO / "configs" / "profiles" / f"{BASE['benchmark']['profile']}.yaml").is_file()
+        if "-c configs/profiles/${repro.profile}.yaml" in stage["cmd"]:
+            assert "configs/profiles/${repro.profile}.yaml" in stage["deps"], name
+    assert (REPO / "configs" / "profiles" / f"{BASE['repro']['profile']}.yaml").is_file()
 
 
 def params(name: str) -> list[str]:

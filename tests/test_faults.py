@@ -23,7 +23,7 @@ import torch
 
 from pipeline import faults
 from pipeline.atomic import write_json
-from pipeline.config import Config
+from pipeline.config import Config, default
 from pipeline.errors import PipelineError
 from pipeline.models.checkpoint import load_checkpoint, save_checkpoint
 
@@ -82,7 +82,7 @@ def test_a_real_full_disk_keeps_the_previous_checkpoint(tmp_path):
         target.write_bytes(b"previous")
         big = torch.nn.Linear(300, 300)  # ~360 kB of weights
         with pytest.raises(PipelineError, match="best.pt: could not be written"):
-            save_checkpoint(target, big, Config())
+            save_checkpoint(target, big, default(Config))
         assert target.read_bytes() == b"previous"
         assert [p.name for p in mount.iterdir()] == ["best.pt"]
     finally:

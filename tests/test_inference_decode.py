@@ -102,3 +102,68 @@ def test_unknown_decoder_is_one_line():
     assert check_decoder("device") == "device"
     with pytest.raises(PipelineError, match="predict.decode: 'gpu' is not one of workers, device"):
         check_decoder("gpu")
+
+
+# --------------------------------------------------------------------------- the stream race
+
+
+def test_a_cuda_decode_waits_for_the_current_stream_first(tmp_path, monkeypatch):
+    """nvJPEG writes its outputs from a private stream that does not wait for the caller's: the
+    batched decode must synchronise the current stream before it (pytorch/vision #9606), or
+    kernels still queued there (the previous batch's forward) may read memory it overwrites.
+    The CUDA calls are faked, so the order is checked on any machine."""
+    from pipeline.inference import decode as decode_mod
+
+    calls = []
+
+    class Stream:
+        def synchronize(self):
+            calls.append("synchronize")
+
+    def fake_decode(data, mode, device):
+        calls.append(f"decode_jpeg on {device}")
+        return [torch.zeros(3, 4, 6, dtype=torch.uint8) for _ in data]
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(decode_mod, "decode_jpeg", fake_decode)
+    jpeg = read_jpeg(write_jpeg(tmp_path / "a.jpg"))[0]
+    out = decode_batch([jpeg, jpeg], torch.device("cuda", 0))
+    assert calls == ["synchronize", "decode_jpeg on cuda:0"]
+    assert out.shape == (2, 4, 6, 3)
+    calls.clear()
+    decode_batch([jpeg], CPU)  # nothing queued elsewhere on a CPU: no synchronisation
+    assert calls == ["decode_jpeg on cpu"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_decoding_on_the_gpu_with_overlap_writes_the_same_rles(tiny_data, tmp_path):
+    """The submission's three ways on the same photos of a GPU: decoded on the device with the
+    RLE encoding overlapped (the default), on the device without the overlap, and in the
+    workers. Before the decode waited for the stream, the first could differ."""
+    import dataclasses
+
+    from pipeline.config import Config, ModelConfig, PredictConfig, default
+    from pipeline.data.layout import Layout, submission_names
+    from pipeline.inference.encode import iter_rles
+    from pipeline.inference.engine import iter_predictions, load_ensemble, prepare_engine
+    from pipeline.models import build_model
+    from pipeline.models.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = default(Config, model=default(ModelConfig, base_width=8, depth=2, name="tiny"))
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, height=64, width=96))
+    ckpt = save_checkpoint(tmp_path / "best.pt", build_model(cfg.model), cfg)
+    names = submission_names(tiny_data)
+    paths = [Layout(tiny_data).test_dir / n for n in names] * 4  # many batches in flight
+    predict = default(PredictConfig, batch_size=4, num_workers=2, precision="fp32",
+                      largest_component=True, threshold=0.5)
+
+    def rles(**changes):
+        engine = prepare_engine(dataclasses.replace(predict, **changes), "cuda")
+        ensemble = load_ensemble([ckpt], engine)
+        preds = iter_predictions(ensemble, paths, (64, 96))
+        return [r for batch in iter_rles(preds, engine) for r in batch.rles]
+
+    workers = rles(decode="workers", overlap=False)
+    assert rles(decode="device", overlap=False) == workers
+    assert rles(decode="device", overlap=True) == workers

@@ -12,13 +12,14 @@ import pytest
 import torch
 
 from pipeline import rle
-from pipeline.config import PredictConfig
+from pipeline.config import PredictConfig, default
 from pipeline.inference import encode
 from pipeline.inference.encode import DEPTH, iter_rles, masks_to_rle
-from pipeline.inference.engine import Prediction, to_masks
+from pipeline.inference.engine import Prediction, prepare_engine, to_masks
 
-OVERLAP = PredictConfig(threshold=0.5, largest_component=True, overlap=True)
-INLINE = dataclasses.replace(OVERLAP, overlap=False)
+OVERLAP = prepare_engine(default(PredictConfig, threshold=0.5, largest_component=True,
+                                 overlap=True))
+INLINE = dataclasses.replace(OVERLAP, cfg=dataclasses.replace(OVERLAP.cfg, overlap=False))
 
 
 def blobs(n: int, h: int, w: int, seed: int) -> torch.Tensor:
@@ -94,7 +95,7 @@ def test_encoding_runs_on_a_background_thread_only_with_overlap(cfg, monkeypatch
     list(iter_rles(predictions(blobs(4, 8, 8, 0), 2), cfg))
     assert len(threads) == 2
     main = threading.main_thread()
-    assert all((t is not main) == cfg.overlap for t in threads)
+    assert all((t is not main) == cfg.cfg.overlap for t in threads)
 
 
 def test_look_ahead_is_bounded():
@@ -147,6 +148,7 @@ def test_stopping_early_leaves_no_thread_running():
 def test_overlapped_encoding_on_a_cuda_stream_equals_the_main_thread():
     probs = blobs(9, 64, 96, seed=4).cuda()
     preds = predictions(probs, 4)
-    inline = list(iter_rles(preds, INLINE, "cuda"))
-    overlapped = list(iter_rles(preds, OVERLAP, "cuda"))
+    inline = list(iter_rles(preds, dataclasses.replace(INLINE, device=torch.device("cuda"))))
+    overlapped = list(iter_rles(preds, dataclasses.replace(OVERLAP,
+                                                           device=torch.device("cuda"))))
     assert [b.rles for b in overlapped] == [b.rles for b in inline]

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import PredictConfig
+from pipeline.config import PredictConfig, default
 from pipeline.data.io import read_image, read_mask, write_image
 from pipeline.data.layout import Layout
 from pipeline.data.layout import submission_names as sample_names
 from pipeline.errors import PipelineError
-from pipeline.inference.engine import iter_predictions, load_ensemble
+from pipeline.inference.engine import iter_predictions, load_ensemble, prepare_engine
 from pipeline.inference.loader import ImageDataset, collate, make_loader
 
-FP32 = PredictConfig(precision="fp32", num_workers=0, batch_size=4)
+FP32 = default(PredictConfig, precision="fp32", num_workers=0, batch_size=4)
 
 
 def test_dataset_resizes_to_every_size_and_collates(tiny_data):
@@ -63,8 +63,8 @@ def test_a_bad_item_is_an_error_line_not_an_exception(tmp_path, tiny_data):
 def test_iter_predictions_with_masks(tiny_data, tiny_trained):
     layout = Layout(tiny_data)
     imgs = sorted(p.name for p in layout.train_dir.glob("*.jpg"))[:3]
-    ens = load_ensemble([tiny_trained.best], "cpu", FP32)
-    (pred,) = iter_predictions(ens, [layout.train_dir / i for i in imgs], FP32, "cpu", (64, 96),
+    ens = load_ensemble([tiny_trained.best], prepare_engine(FP32))
+    (pred,) = iter_predictions(ens, [layout.train_dir / i for i in imgs], (64, 96),
                                mask_paths=[layout.mask_path(i) for i in imgs])
     assert pred.masks.shape == (3, 64, 96)
     assert np.array_equal(pred.masks[1].numpy(), read_mask(layout.mask_path(imgs[1])))
@@ -83,11 +83,11 @@ def test_bad_image_is_one_clear_error_after_the_good_batches(tmp_path, tiny_data
         bad.write_bytes(b"not a jpeg")
     else:
         bad.unlink()
-    ens = load_ensemble([tiny_trained.best], "cpu", FP32)
+    ens = load_ensemble([tiny_trained.best],
+                        prepare_engine(dataclasses.replace(FP32, num_workers=1)))
     seen = []
     with pytest.raises(PipelineError) as err:
-        for pred in iter_predictions(ens, [tmp_path / n for n in names],
-                                     dataclasses.replace(FP32, num_workers=1), "cpu", (64, 96)):
+        for pred in iter_predictions(ens, [tmp_path / n for n in names], (64, 96)):
             seen.extend(pred.names)
     message = str(err.value)
     assert names[5] in message and "\n" not in message

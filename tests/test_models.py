@@ -13,7 +13,7 @@ import torch
 import yaml
 from torch import nn
 
-from pipeline.config import FULL_HEIGHT, FULL_WIDTH, ModelConfig, load_config
+from pipeline.config import FULL_HEIGHT, FULL_WIDTH, ModelConfig, default, load_config
 from pipeline.errors import PipelineError
 from pipeline.models import PadToMultiple, UNet, build_model, count_parameters
 from pipeline.models.unet_parts import Up, crop_pads, pad_to_multiple
@@ -25,7 +25,7 @@ SMALL_ODD = (38, 54)  # the same, smaller: the full-width configs run forward an
 
 
 def tiny_unet(**changes) -> ModelConfig:
-    return dataclasses.replace(ModelConfig(arch="unet", base_width=4), **changes)
+    return dataclasses.replace(default(ModelConfig, arch="unet", base_width=4), **changes)
 
 
 def test_the_issue_configs_exist():
@@ -52,7 +52,8 @@ def test_the_issue_configs_exist():
 @pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: p.stem)
 def test_config_builds_and_trains_a_step_at_an_odd_size(path):
     raw = yaml.safe_load(path.read_text())
-    assert set(raw) == {"model"} and raw["model"].get("name"), "a model file holds model: + name"
+    assert set(raw) - {"extends"} == {"model"} and raw["model"].get("name"), \
+        "a model file holds model: + name (and may extend another model file)"
     cfg = load_config([path]).model
     assert cfg.encoder_weights is None  # nothing may be downloaded
     torch.manual_seed(0)
@@ -107,21 +108,21 @@ def test_unet_output_has_the_input_size(size):
 
 @pytest.mark.parametrize("size", [(3, 5), (33, 47), (96, 128)])
 def test_smp_output_has_the_input_size(size):
-    model = build_model(ModelConfig(arch="Linknet", encoder="resnet18")).eval()
+    model = build_model(default(ModelConfig, arch="Linknet", encoder="resnet18")).eval()
     assert isinstance(model, PadToMultiple) and model.multiple == 32
     with torch.no_grad():
         assert model(torch.randn(1, 3, *size)).shape == (1, 1, *size)
 
 
 def test_deeplab_pads_to_its_output_stride_too():
-    model = build_model(ModelConfig(arch="DeepLabV3Plus", encoder="resnet18", pad_multiple=8))
+    model = build_model(default(ModelConfig, arch="DeepLabV3Plus", encoder="resnet18", pad_multiple=8))
     assert model.multiple == 16  # lcm(8, output stride 16): SMP's shape check always passes
     with torch.no_grad():
         assert model.eval()(torch.randn(1, 3, 40, 50)).shape == (1, 1, 40, 50)
 
 
 def test_multiclass_logits():
-    for cfg in (tiny_unet(classes=3), ModelConfig(arch="FPN", encoder="resnet18", classes=3)):
+    for cfg in (tiny_unet(classes=3), default(ModelConfig, arch="FPN", encoder="resnet18", classes=3)):
         model = build_model(cfg).eval()
         with torch.no_grad():
             assert model(torch.randn(2, 3, *ODD)).shape == (2, 3, *ODD)
@@ -289,7 +290,7 @@ def test_full_size_unet():
 
 @pytest.mark.slow
 def test_full_size_smp_unet_resnet18():
-    model = build_model(ModelConfig(arch="Unet", encoder="resnet18")).eval()
+    model = build_model(default(ModelConfig, arch="Unet", encoder="resnet18")).eval()
     with torch.no_grad():
         y = model(torch.randn(1, 3, FULL_HEIGHT, FULL_WIDTH))
     assert y.shape == (1, 1, FULL_HEIGHT, FULL_WIDTH)
@@ -304,10 +305,10 @@ def _bn_momenta(model: nn.Module) -> set[float]:
 
 
 def test_bn_momentum_sets_every_batch_norm():
-    effb3 = ModelConfig(arch="Unet", encoder="efficientnet-b3")
+    effb3 = default(ModelConfig, arch="Unet", encoder="efficientnet-b3")
     assert min(_bn_momenta(build_model(effb3))) == pytest.approx(0.01)  # TF 0.99 decay, shipped
     assert _bn_momenta(build_model(dataclasses.replace(effb3, bn_momentum=0.1))) == {0.1}
-    small = ModelConfig(arch="unet", base_width=4, depth=2, bn_momentum=0.3)
+    small = default(ModelConfig, arch="unet", base_width=4, depth=2, bn_momentum=0.3)
     assert _bn_momenta(build_model(small)) == {0.3}
     assert _bn_momenta(build_model(dataclasses.replace(small, bn_momentum=None))) == {0.1}
     with pytest.raises(PipelineError, match="bn_momentum must be in"):
@@ -316,7 +317,7 @@ def test_bn_momentum_sets_every_batch_norm():
 
 def test_unknown_arch_lists_the_valid_ones():
     with pytest.raises(PipelineError) as err:
-        build_model(ModelConfig(arch="Unett"))
+        build_model(default(ModelConfig, arch="Unett"))
     message = str(err.value)
     assert "Unett" in message and "unet (hand-written)" in message
     assert "UnetPlusPlus" in message and "Segformer" in message and "did you mean Unet" in message
@@ -325,7 +326,7 @@ def test_unknown_arch_lists_the_valid_ones():
 
 def test_unknown_encoder_is_one_short_line():
     with pytest.raises(PipelineError) as err:
-        build_model(ModelConfig(arch="Unet", encoder="resnet35"))
+        build_model(default(ModelConfig, arch="Unet", encoder="resnet35"))
     message = str(err.value)
     assert "resnet35" in message and "resnet34" in message  # the close names
     assert "\n" not in message and len(message) < 400
@@ -361,7 +362,7 @@ def _encoder_file(tmp_path, encoder: str = "resnet18", name: str = "enc.pth") ->
 def test_a_local_encoder_file_loads_without_network(tmp_path, no_network):
     path = _encoder_file(tmp_path)
     torch.manual_seed(0)  # another random init: only the file can make the weights equal
-    model = build_model(ModelConfig(arch="Unet", encoder="resnet18", encoder_weights=str(path)))
+    model = build_model(default(ModelConfig, arch="Unet", encoder="resnet18", encoder_weights=str(path)))
     saved = torch.load(path, weights_only=True)
     loaded = model.model.encoder.state_dict()
     assert set(loaded) == set(saved)
@@ -372,7 +373,7 @@ def test_a_local_encoder_file_loads_without_network(tmp_path, no_network):
 def test_named_weights_still_go_to_smp(no_network):
     # "imagenet" is SMP's to download: offline, that is one line, and the guard saw the attempt
     with pytest.raises(PipelineError) as err:
-        build_model(ModelConfig(arch="Unet", encoder="resnet18", encoder_weights="imagenet"))
+        build_model(default(ModelConfig, arch="Unet", encoder="resnet18", encoder_weights="imagenet"))
     assert "encoder_weights=imagenet" in str(err.value) and "\n" not in str(err.value)
     assert no_network, "SMP did not try to download imagenet weights"
     no_network.clear()
@@ -387,7 +388,7 @@ def test_a_wrong_encoder_file_is_one_line_naming_it(tmp_path, no_network, case):
         torch.save({"epoch": 3}, path)
     elif case == "junk":
         path.write_bytes(b"not a torch file")
-    cfg = ModelConfig(arch="Unet", encoder="resnet18", encoder_weights=str(path))
+    cfg = default(ModelConfig, arch="Unet", encoder="resnet18", encoder_weights=str(path))
     with pytest.raises(PipelineError) as err:
         build_model(cfg)
     message = str(err.value)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.config import Config, ModelConfig
+from pipeline.config import Config, ModelConfig, default
 from pipeline.errors import PipelineError
 from pipeline.models import build_model
 from pipeline.models.checkpoint import (
@@ -26,17 +26,17 @@ ODD = (70, 102)  # neither divisible by 16 nor by 32, like 1918
 
 
 def tiny_unet(**changes) -> ModelConfig:
-    return dataclasses.replace(ModelConfig(arch="unet", base_width=4), **changes)
+    return dataclasses.replace(default(ModelConfig, arch="unet", base_width=4), **changes)
 
 
 @pytest.mark.parametrize(
     "model_cfg",
-    [tiny_unet(), ModelConfig(arch="Unet", encoder="resnet18", classes=2)],
+    [tiny_unet(), default(ModelConfig, arch="Unet", encoder="resnet18", classes=2)],
     ids=["unet", "smp"],
 )
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, model_cfg):
     torch.manual_seed(0)
-    cfg = dataclasses.replace(Config(), model=model_cfg)
+    cfg = dataclasses.replace(default(Config), model=model_cfg)
     model = build_model(model_cfg).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     model(torch.randn(2, 3, 32, 48)).mean().backward()  # moves weights and batch-norm stats
@@ -57,7 +57,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, model_cfg):
 
 
 def _save(path, model_cfg: ModelConfig, **train) -> tuple:
-    cfg = Config(model=model_cfg)
+    cfg = default(Config, model=model_cfg)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train))
     return save_checkpoint(path, build_model(model_cfg), cfg), cfg
 
@@ -83,8 +83,9 @@ def test_model_config_of_names_the_file_on_a_bad_key(tmp_path):
 
 def test_checkpoint_label_is_the_name_or_arch_and_encoder(tmp_path):
     named, _ = _save(tmp_path / "named.pt", tiny_unet(depth=2, name="tiny-a"))
-    plain, _ = _save(tmp_path / "plain.pt", tiny_unet(depth=2))
-    smp, _ = _save(tmp_path / "smp.pt", ModelConfig(arch="Linknet", encoder="resnet18"))
+    plain, _ = _save(tmp_path / "plain.pt", tiny_unet(depth=2, name=""))
+    smp, _ = _save(tmp_path / "smp.pt", default(ModelConfig, arch="Linknet", encoder="resnet18",
+                                                 name=""))
     assert checkpoint_label(named) == "tiny-a"
     assert checkpoint_label(plain) == "unet"
     assert checkpoint_label(smp) == "Linknet-resnet18"
@@ -114,7 +115,7 @@ class _Wrapper(nn.Module):
 def test_saved_weights_are_unwrapped(tmp_path):
     model = build_model(tiny_unet(depth=2))
     assert unwrap(_Wrapper(_Wrapper(model))) is model
-    path = save_checkpoint(tmp_path / "w.pt", _Wrapper(model), Config(model=tiny_unet(depth=2)),
+    path = save_checkpoint(tmp_path / "w.pt", _Wrapper(model), default(Config, model=tiny_unet(depth=2)),
                            epoch=3, train_state={"step": 7})
     ckpt = load_checkpoint(path)
     assert not any(k.startswith("module.") for k in ckpt["state_dict"])
@@ -129,7 +130,7 @@ def test_compiled_models_are_unwrapped_and_saved_without_prefixes(tmp_path, fast
     wrapped = torch.compile(model, backend="aot_eager")
     assert any(k.startswith("_orig_mod.") for k in wrapped.state_dict())
     assert unwrap(wrapped) is model and unwrap(_Wrapper(wrapped)) is model
-    cfg = Config(model=tiny_unet(depth=2))
+    cfg = default(Config, model=tiny_unet(depth=2))
     for compiled in (wrapped, _Wrapper(wrapped)):
         ckpt = load_checkpoint(save_checkpoint(tmp_path / "c.pt", compiled, cfg))
         assert list(ckpt["state_dict"]) == list(model.state_dict())
@@ -145,7 +146,7 @@ def test_loading_a_checkpoint_never_downloads_or_reads_encoder_weights(
     # must work offline (imagenet) and after the weights file is gone.
     import segmentation_models_pytorch as smp
 
-    built = ModelConfig(arch="Unet", encoder="resnet18")
+    built = default(ModelConfig, arch="Unet", encoder="resnet18")
     if weights == "deleted file":
         file = tmp_path / "enc.pth"
         torch.save(smp.Unet("resnet18", encoder_weights=None).encoder.state_dict(), file)
@@ -155,7 +156,7 @@ def test_loading_a_checkpoint_never_downloads_or_reads_encoder_weights(
     else:
         model = build_model(built)  # as if trained from imagenet where there was internet
         built = dataclasses.replace(built, encoder_weights="imagenet")
-    path = save_checkpoint(tmp_path / "ckpt.pt", model, Config(model=built))
+    path = save_checkpoint(tmp_path / "ckpt.pt", model, default(Config, model=built))
     loaded, ckpt = load_model(path)
     assert model_config_of(ckpt, path).encoder_weights == built.encoder_weights  # kept as saved
     for (name, a), b in zip(loaded.state_dict().items(), model.state_dict().values()):

@@ -66,7 +66,7 @@ def test_cv_summary_round_trip_keeps_nested_records(tmp_path):
     assert isinstance(back.folds["0"], GroupScore) and back.folds["0"].images == 32
     assert isinstance(back.predict, PredictSettings) and back.predict.largest_component
     assert back.fold_dice() == {0: 0.989, 1: 0.991}
-    assert to_json(back)["folds"]["1"] == {"dice": 0.991, "std": 0.003, "images": 32}
+    assert to_json(back)["folds"]["1"] == {"dice": 0.991, "std": 0.003, "images": 32, "ci95": None}
 
 
 def test_all_images_summary_lists_its_checkpoints(tmp_path):

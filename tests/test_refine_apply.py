@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import RefineConfig
+from pipeline.config import RefineConfig, default
 from pipeline.refine.apply import refine_probs
 from pipeline.refine.geometry import edge_band
 from pipeline.refine.net import EdgeRefiner
 
-CFG = RefineConfig(tile=8, context=4, band_margin=2, width=4)
+CFG = default(RefineConfig, tile=8, context=4, band_margin=2, width=4)
 
 
 def soft_car(n: int = 2, h: int = 40, w: int = 56) -> torch.Tensor:

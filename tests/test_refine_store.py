@@ -1,28 +1,29 @@
 """Edge-refiner checkpoints (pipeline.refine.store): a round trip rebuilds the same network,
-and a missing, foreign or wrongly split file is one line that says what to run."""
+the images it learnt from, and a missing or foreign file is one line that says what to run."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from pipeline.config import RefineConfig
+from pipeline.config import RefineConfig, default
 from pipeline.errors import PipelineError
 from pipeline.refine.net import EdgeRefiner
 from pipeline.refine.store import load_refiner, refiner_source, save_refiner
 
-SPLIT = {"fold": 0, "folds_file": "folds.csv", "val_images": "abc"}
+SEEN = ["a_01.jpg", "b_01.jpg"]
 
 
 def test_a_saved_refiner_comes_back_with_its_settings(tmp_path):
-    cfg = RefineConfig(width=4, tile=8, context=2)
+    cfg = default(RefineConfig, width=4, tile=8, context=2)
     torch.manual_seed(0)
     model = EdgeRefiner(4)
     torch.nn.init.normal_(model.out.weight)
     path = save_refiner(tmp_path / "m" / "fold0" / "refiner.pt", model, cfg, [{"step": 1}],
-                        SPLIT, (16, 24))
+                        SEEN, (16, 24))
     assert not list(path.parent.glob("*.tmp*"))  # written atomically
-    back, back_cfg = load_refiner(path, "cpu", SPLIT)
+    back, back_cfg, seen = load_refiner(path, "cpu")
+    assert seen == frozenset(SEEN)
     assert back_cfg == cfg and not back.training
     x, p = torch.rand(1, 3, 8, 8), torch.rand(1, 8, 8)
     torch.testing.assert_close(back(x, p), model.eval()(x, p))
@@ -38,12 +39,7 @@ def test_a_missing_refiner_names_the_command_that_makes_it(tmp_path):
     assert "predict.refiner=false" in message
 
 
-def test_a_refiner_of_another_split_or_kind_is_refused(tmp_path):
-    path = save_refiner(tmp_path / "refiner.pt", EdgeRefiner(4), RefineConfig(width=4), [],
-                        SPLIT)
-    with pytest.raises(PipelineError, match="not the split of the model"):
-        load_refiner(path, "cpu", {**SPLIT, "val_images": "other"})
-    load_refiner(path, "cpu", None)  # a model that records no split: nothing to check
+def test_a_file_of_another_kind_is_refused(tmp_path):
     model_file = tmp_path / "best.pt"
     torch.save({"kind": "model"}, model_file)
     with pytest.raises(PipelineError, match="not an edge-refiner checkpoint"):
@@ -54,10 +50,10 @@ def test_a_refiner_of_another_split_or_kind_is_refused(tmp_path):
 
 
 def test_the_source_a_refiner_was_trained_from_is_read_back(tmp_path):
-    path = save_refiner(tmp_path / "refiner.pt", EdgeRefiner(4), RefineConfig(width=4), [],
-                        SPLIT, (16, 24), source="0123abcd")
+    path = save_refiner(tmp_path / "refiner.pt", EdgeRefiner(4), default(RefineConfig, width=4), [],
+                        SEEN, (16, 24), source="0123abcd")
     assert refiner_source(path) == "0123abcd"
-    older = save_refiner(tmp_path / "older.pt", EdgeRefiner(4), RefineConfig(width=4), [])
+    older = save_refiner(tmp_path / "older.pt", EdgeRefiner(4), default(RefineConfig, width=4), [])
     assert refiner_source(older) is None  # written without one: never up to date
     assert refiner_source(tmp_path / "absent.pt") is None
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")

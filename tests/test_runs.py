@@ -103,10 +103,14 @@ def test_ensemble_checkpoints_given_or_every_fold(tmp_path):
     model = roots.model("unet")
     a = _touch(roots.run("unet", 1).best)
     b = _touch(roots.run("unet", 0).best)
-    assert ensemble_checkpoints(None, model) == [b, a]  # fold order
+    everything = _touch(roots.run("unet", -1).best)
+    # the fold ensemble (the models the CV score measures), in fold order: never fold -1's
+    # model, trained on every image and scored by nothing
+    assert ensemble_checkpoints(None, model) == [b, a]
     assert ensemble_checkpoints([], model) == [b, a]
     other = _touch(tmp_path / "elsewhere.pt")
     assert ensemble_checkpoints([str(other)], model) == [other]
+    assert ensemble_checkpoints([str(everything)], model) == [everything]  # named: yes
 
 
 def test_ensemble_checkpoints_errors_are_one_line(tmp_path):
@@ -117,5 +121,5 @@ def test_ensemble_checkpoints_errors_are_one_line(tmp_path):
     with pytest.raises(PipelineError) as err:
         ensemble_checkpoints(None, model)
     message = str(err.value)
-    assert message.startswith(f"no checkpoints found at {tmp_path / 'ck' / 'unet'}/fold*/best.pt")
+    assert message.startswith(f"no checkpoints found at {tmp_path / 'ck' / 'unet'}/fold<K>/best.pt")
     assert "--model" in message and "--checkpoint PATH" in message and "\n" not in message

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.config import DemoConfig
+from pipeline.config import DemoConfig, default
 from pipeline.data.demo import generate_demo
 from pipeline.data.layout import train_index
 from pipeline.data.validate import validate
@@ -130,7 +130,7 @@ def test_gpu_run_accuracy_trains_the_recipe_and_scores_the_held_out_cars(tmp_pat
     cars at 64x96 (crops 32x64) for 6 seconds: folds holding ~5 cars out (here 2 folds of 4),
     the recipe trained on fold 0's complement, then scored out of fold on its cars."""
     data = tmp_path / "cars"
-    generate_demo(data, DemoConfig(train_cars=8, test_cars=1, seed=0, height=64, width=96))
+    generate_demo(data, default(DemoConfig, train_cars=8, test_cars=1, seed=0, height=64, width=96))
     out, work = tmp_path / "out", tmp_path / "work"
     shrink = ("train.height=64 train.width=96 train.crop=[32,64] train.num_workers=0 "
               "predict.num_workers=0 predict.compile=false train.precision=fp32 "

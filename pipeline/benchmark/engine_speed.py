@@ -32,25 +32,29 @@ from PIL import Image
 
 from pipeline import rle
 from pipeline.atomic import write_json
-from pipeline.cli import ConfigOption, ModelOption, OverridesArgument
+from pipeline.cli import (
+    ConfigOption,
+    ModelOption,
+    OverridesArgument,
+    config_paths,
+    stage_config,
+)
 from pipeline.config import (
     FULL_HEIGHT,
     FULL_WIDTH,
     Config,
     DemoConfig,
-    PredictConfig,
-    cli_config,
-    cli_paths,
+    default,
     load_config,
 )
 from pipeline.data.demo import generate_demo
 from pipeline.data.io import image_size
 from pipeline.data.transforms import normalize
-from pipeline.device import peak_memory_mib, resolve_precision
+from pipeline.device import peak_memory_mib
+from pipeline.dice import dice_per_image
 from pipeline.errors import PipelineError, one_line_errors
 from pipeline.inference.encode import iter_rles
-from pipeline.inference.engine import iter_predictions, load_ensemble, tta_dims
-from pipeline.metrics import dice_per_image
+from pipeline.inference.engine import iter_predictions, load_ensemble, prepare_engine, tta_dims
 from pipeline.models.checkpoint import load_model, save_checkpoint
 from pipeline.models.factory import build_model
 
@@ -78,17 +82,16 @@ def naive_predict(model, path: str | Path, size: tuple[int, int], tta: Sequence[
     return rle.encode_reference(mask)
 
 
-def ensemble_rles(ensemble, paths: Sequence[Path], cfg: PredictConfig,
-                  device: torch.device | str, out_shape: tuple[int, int]) -> list[str]:
+def ensemble_rles(ensemble, paths: Sequence[Path], out_shape: tuple[int, int]) -> list[str]:
     """The engine end to end, as a submission runs it: JPEG files to RLE strings."""
-    preds = iter_predictions(ensemble, paths, cfg, device, out_shape)
-    return [r for batch in iter_rles(preds, cfg, device) for r in batch.rles]
+    preds = iter_predictions(ensemble, paths, out_shape)
+    return [r for batch in iter_rles(preds, ensemble.engine) for r in batch.rles]
 
 
 def engine_rles(ckpt: Path, paths: Sequence[Path], cfg: Config, device: str = "cpu") -> list[str]:
     """The engine's RLE strings for ``paths`` (a fresh ensemble load, like a real run)."""
-    ensemble = load_ensemble([ckpt], device, cfg.predict)
-    return ensemble_rles(ensemble, paths, cfg.predict, device, (FULL_HEIGHT, FULL_WIDTH))
+    ensemble = load_ensemble([ckpt], prepare_engine(cfg.predict, device))
+    return ensemble_rles(ensemble, paths, (FULL_HEIGHT, FULL_WIDTH))
 
 
 # --------------------------------------------------------------------------- inputs
@@ -107,7 +110,7 @@ def full_size_images(data_root: Path | None, work: Path, want: int) -> list[Path
                     return found
     if found:
         return found
-    root = generate_demo(work / "demo", DemoConfig(train_cars=0, test_cars=1, seed=0))
+    root = generate_demo(work / "demo", default(DemoConfig, train_cars=0, test_cars=1, seed=0))
     return sorted((root / "test").glob("*.jpg"))
 
 
@@ -194,8 +197,7 @@ def run_predict_benchmark(
     fp32_cfg = dataclasses.replace(cfg, predict=dataclasses.replace(cfg.predict, precision="fp32"))
     engine32, engine32_s = timed(fp32_cfg)
 
-    precision = resolve_precision(cfg.predict.precision, torch.device("cpu"),
-                                  what="predict.precision")
+    precision = prepare_engine(cfg.predict, "cpu", announce=False).precision
     naive_rate = len(naive_paths) / naive_s
     rate, rate32 = len(paths) / engine_s, len(paths) / engine32_s
     memory = [peak_memory(ckpt, images, n, overrides, config_paths) for n in memory_sizes]
@@ -246,8 +248,8 @@ def register(app: typer.Typer) -> None:
         overrides: OverridesArgument = None,
     ) -> None:
         """Engine vs naive loop: images/s, peak memory at 100 and 400 images, projected hours."""
-        cfg = cli_config(config, model, overrides)
-        paths = cli_paths(config, model)
+        cfg = stage_config(config, model, overrides)
+        paths = config_paths(config, model)
         sizes = memory if memory is not None else [100, 400]
         with tempfile.TemporaryDirectory(prefix="bench_predict_") as tmp:
             files = full_size_images(data_root, Path(tmp), max(images, 16))

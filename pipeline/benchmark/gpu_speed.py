@@ -41,7 +41,8 @@ from pipeline.benchmark.engine_speed import (
     naive_predict,
 )
 from pipeline.benchmark.model_speed import Workload, benchmark_model
-from pipeline.config import FULL_SHAPE, Config, DemoConfig, PredictConfig, cli_config
+from pipeline.cli import stage_config
+from pipeline.config import FULL_SHAPE, Config, DemoConfig, PredictConfig, default
 from pipeline.data.demo import generate_demo
 from pipeline.device import (
     device_name,
@@ -53,11 +54,7 @@ from pipeline.device import (
 )
 from pipeline.errors import PipelineError
 from pipeline.inference.encode import iter_rles
-from pipeline.inference.engine import (
-    Prediction,
-    load_ensemble,
-    predict_probs,
-)
+from pipeline.inference.engine import Prediction, load_ensemble, predict_probs, prepare_engine
 from pipeline.inference.loader import ImageDataset, make_loader
 from pipeline.models.checkpoint import load_model
 
@@ -167,20 +164,20 @@ class _Utilisation:
         return statistics.fmean(values) if values else None
 
 
-def compute_rles(ensemble, batches: Sequence[dict], cfg: PredictConfig, device: torch.device,
-                 out_shape: tuple[int, int]) -> list[str]:
+def compute_rles(ensemble, batches: Sequence[dict], out_shape: tuple[int, int]) -> list[str]:
     """What the engine does per batch once the images are on the device: models, masks, RLE
     (encoded as the engine does, overlapped with ``predict.overlap``)."""
-    preds = (Prediction([], [], predict_probs(ensemble, images, cfg, out_shape))
+    preds = (Prediction([], [], predict_probs(ensemble, images, out_shape))
              for images in batches)
-    return [r for batch in iter_rles(preds, cfg, device) for r in batch.rles]
+    return [r for batch in iter_rles(preds, ensemble.engine) for r in batch.rles]
 
 
-def preload_batches(ensemble, paths: Sequence[Path], cfg: PredictConfig, device: torch.device,
-                    out_shape: tuple[int, int]) -> list[dict]:
+def preload_batches(ensemble, paths: Sequence[Path], out_shape: tuple[int, int]) -> list[dict]:
     """The engine's batches of ``paths``, decoded, resized and moved to the device up front."""
-    loader = make_loader(ImageDataset(paths, ensemble.sizes, out_shape), cfg, device)
-    return [{s: t.to(device) for s, t in batch.images.items()} for batch in loader]
+    engine = ensemble.engine
+    loader = make_loader(ImageDataset(paths, ensemble.sizes, out_shape), engine.cfg,
+                         engine.device)
+    return [{s: t.to(engine.device) for s, t in batch.images.items()} for batch in loader]
 
 
 def _timed(fn, device: torch.device) -> tuple[list[str], float]:
@@ -194,17 +191,15 @@ def _timed(fn, device: torch.device) -> tuple[list[str], float]:
 def _predict_row(ckpts: Sequence[Path], paths: Sequence[Path], cfg: PredictConfig,
                  device: torch.device, out_shape: tuple[int, int]) -> dict:
     """Engine end to end and compute only, on the same images, for one ensemble."""
-    ensemble = load_ensemble(ckpts, device, cfg)
-    ensemble_rles(ensemble, paths[: cfg.batch_size], cfg, device, out_shape)  # warm-up
+    ensemble = load_ensemble(ckpts, prepare_engine(cfg, device))
+    ensemble_rles(ensemble, paths[: cfg.batch_size], out_shape)  # warm-up
     reset_peak_memory(device)
     with _Utilisation(device) as util:
-        rles, seconds = _timed(lambda: ensemble_rles(ensemble, paths, cfg, device, out_shape),
-                               device)
+        rles, seconds = _timed(lambda: ensemble_rles(ensemble, paths, out_shape), device)
     peak = peak_memory_mib(device) if device.type == "cuda" else None
-    batches = preload_batches(ensemble, paths, cfg, device, out_shape)
-    compute_rles(ensemble, batches[:1], cfg, device, out_shape)  # warm-up
-    same, compute_s = _timed(lambda: compute_rles(ensemble, batches, cfg, device, out_shape),
-                            device)
+    batches = preload_batches(ensemble, paths, out_shape)
+    compute_rles(ensemble, batches[:1], out_shape)  # warm-up
+    same, compute_s = _timed(lambda: compute_rles(ensemble, batches, out_shape), device)
     assert len(rles) == len(same) == len(paths)
     rate = len(paths) / seconds
     return {"models": len(ckpts), "decode": cfg.decode, "overlap": cfg.overlap,
@@ -229,7 +224,7 @@ def prediction_images(data_root: Path | None, work: Path, size: tuple[int, int])
     16 demo cars rendered at ``size``."""
     if data_root is not None:
         return full_size_images(data_root, work, 64), FULL_SHAPE, str(data_root)
-    demo = DemoConfig(train_cars=0, test_cars=1, seed=0, height=size[0], width=size[1])
+    demo = default(DemoConfig, train_cars=0, test_cars=1, seed=0, height=size[0], width=size[1])
     files = sorted((generate_demo(work / "demo", demo) / "test").glob("*.jpg"))
     return files, size, "synthetic (demo renders)"
 
@@ -243,7 +238,7 @@ def measure_prediction(configs: Sequence[Config], plan: GpuPlan, device: torch.d
     result = {"decode": decode_rates(paths, size, out_shape, pc, device),
               "data": source, "distinct_files": len(files), "images": len(paths),
               "input_size": list(size), "output_size": list(out_shape), "tta": list(pc.tta),
-              "precision": resolve_precision(pc.precision, device, what="predict.precision").name,
+              "precision": prepare_engine(pc, device, announce=False).precision.name,
               "batch_size": pc.batch_size, "num_workers": pc.num_workers,
               "largest_component": pc.largest_component, "results": []}
     for cfg in configs:
@@ -279,7 +274,7 @@ def run_gpu_benchmark(model_paths: Sequence[str | Path], plan: GpuPlan, *,
     """Training and prediction measurements of ``model_paths`` (model YAMLs, layered on the
     ``config`` files and ``overrides`` as every stage does) on one device."""
     plan.check()
-    configs = [cli_config(config, str(p), list(overrides)) for p in model_paths]
+    configs = [stage_config(config, str(p), list(overrides)) for p in model_paths]
     dev = pick_device(device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its kernels

@@ -23,8 +23,8 @@ import typer
 from tqdm import tqdm
 
 from pipeline.atomic import write_json
-from pipeline.cli import ConfigOption, DeviceOption
-from pipeline.config import MODELS_DIR, ModelConfig, cli_config, to_dict
+from pipeline.cli import ConfigOption, DeviceOption, stage_config
+from pipeline.config import REPO, ModelConfig, to_dict
 from pipeline.device import (
     FP32,
     Precision,
@@ -39,7 +39,7 @@ from pipeline.device import (
 from pipeline.errors import PipelineError, one_line_errors
 from pipeline.models.factory import build_model, count_parameters
 
-MODEL_DIR = Path(MODELS_DIR)
+MODEL_DIR = REPO / "configs" / "models"
 
 
 def seconds_per_step(
@@ -138,7 +138,7 @@ def benchmark_model(cfg: ModelConfig, work: Workload, device: torch.device,
 def load_model_configs(paths: list[Path], overrides: list[str] = (),
                        config: list[Path] | None = None) -> list[ModelConfig]:
     """``cfg.model`` of each file, layered on the ``--config`` files as every stage does."""
-    return [cli_config(config, str(p), overrides).model for p in paths]
+    return [stage_config(config, str(p), overrides).model for p in paths]
 
 
 def run_models_benchmark(

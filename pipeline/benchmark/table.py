@@ -4,7 +4,7 @@
     <metrics>/<label>/cv.json        CVSummary (pipeline.evaluate): full-resolution TTA Dice
 
 The runs themselves are DVC's job: the ``train`` stage's model x fold matrix trains every model
-of ``benchmark.models`` on every fold of ``benchmark.folds`` with the same settings (and, with
+of ``repro.models`` on every fold of ``repro.folds`` with the same settings (and, with
 ``train.time_budget_min``, the same wall time), and ``dvc exp run --queue`` sweeps a grid (see
 the README). This table is the ``benchmark`` stage that follows. Outputs, each written
 atomically: ``benchmark.md`` (sorted by CV Dice, with the command that made it),

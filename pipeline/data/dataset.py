@@ -2,7 +2,7 @@
 
 Each sample is the resized image and mask (from the disk cache of :mod:`pipeline.data.cache`,
 or decoded and resized on the fly), augmented and, with ``train.crop``, cropped: still uint8.
-Normalisation happens on the device, per batch (:func:`pipeline.training.loop.to_input`): a
+Normalisation happens on the device, per batch (:func:`pipeline.train.loop.to_input`): a
 worker ships 4 bytes per pixel (RGB + mask) through shared memory instead of the 16 of float32,
 which is what lets full-resolution batches (1280x1918: 9.8 MB instead of 39 MB a sample) keep
 up with a GPU.

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from pipeline.atomic import atomic_path, write_json, write_text
-from pipeline.config import DemoConfig
+from pipeline.config import DemoConfig, default
 from pipeline.data.demo_car import build_car, car_ids, car_spec
 from pipeline.data.demo_render import render_image
 from pipeline.data.io import write_mask_gif
@@ -133,7 +133,7 @@ def generate_demo(
     up to 2 for large images, none for tiny ones); the output does not depend on it.
     The stamp ``demo.json`` is written last, so its presence means the folder is complete.
     """
-    cfg = cfg or DemoConfig()
+    cfg = cfg or default(DemoConfig)
     if cfg.train_cars < 0 or cfg.test_cars < 0 or cfg.train_cars + cfg.test_cars == 0:
         raise PipelineError("data.demo: train_cars and test_cars must be >= 0, not both 0")
     if cfg.height < 16 or cfg.width < 16:

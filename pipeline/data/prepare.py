@@ -1,10 +1,16 @@
 """Make a folder a valid Carvana dataset in Kaggle layout (what ``python -m pipeline.data``
 runs).
 
-``demo`` generates synthetic cars (skipped when ``--out`` already holds a complete demo made with
-the same settings); ``kaggle`` downloads and unzips the competition files; a directory is
-validated and ``--out`` becomes a symlink to it, so later stages just read ``data.root``.
-Every source ends with a validation of ``--out`` and a one-line summary.
+``demo`` generates synthetic cars (skipped when the data root already holds a complete demo made
+with the same settings); ``kaggle`` downloads and unzips the competition files; a directory is
+validated and the data root becomes a folder of links to its entries (``train/``,
+``train_masks/``, the CSVs...), so later stages just read ``data.root``. Every source ends
+with a validation of the data root and a one-line summary.
+
+The data root is a real folder of links, never a link itself: ``dvc repro`` removes a stage's
+outputs before re-running it, and its removal of a symlink to a folder chmods that folder (the
+user's data) to 777. Removing a folder of links only unlinks them; nothing in the source
+folder is ever changed, moved or deleted.
 """
 
 from __future__ import annotations
@@ -35,26 +41,53 @@ def _expected_size(folder: Path) -> tuple[int, int]:
     return FULL_SIZE
 
 
+SOURCE_NOTE = ".source"  # in a folder of links: the folder they point into
+
+
+def is_link_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder made by :func:`link` (only links and its note)."""
+    return (path.is_dir() and not path.is_symlink() and (path / SOURCE_NOTE).is_file()
+            and all(p.is_symlink() or p.name == SOURCE_NOTE for p in path.iterdir()))
+
+
+def remove_links(path: Path) -> None:
+    """Remove a folder of links: each link is unlinked (never followed), then the folder."""
+    for entry in path.iterdir():
+        entry.unlink()
+    path.rmdir()
+
+
 def link(out: Path, target: Path, echo: Callable[[str], None] = print) -> None:
-    """Make ``out`` a symlink to ``target``, replacing an older link or an old demo folder."""
-    if out.is_symlink():
+    """Make ``out`` a folder holding a link to each entry of ``target``, replacing an older
+    folder of links, an old single link or an old demo folder; nothing in ``target`` changes."""
+    target = target.resolve()
+    if out.is_symlink():  # the layout of earlier versions: unlinked, never followed
         out.unlink()
     elif out.exists():
-        if out.is_dir() and demo_mod.read_stamp(out) is not None:
-            echo(f"{out}: replacing the generated demo data with a link to {target}")
+        if is_link_folder(out):
+            remove_links(out)
+        elif out.is_dir() and demo_mod.read_stamp(out) is not None:
+            echo(f"{out}: replacing the generated demo data with links to {target}")
             shutil.rmtree(out)
         elif out.is_dir() and not any(out.iterdir()):
             out.rmdir()
         else:
             raise PipelineError(
                 f"{out}: already exists and holds other files; remove it or choose another "
-                "--out (it will become a symlink to the data folder)"
+                "--data-root (it will become a folder of links to the data folder)"
             )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.link")
-    tmp.unlink(missing_ok=True)
-    os.symlink(target.resolve(), tmp, target_is_directory=True)
-    os.replace(tmp, out)  # atomic: out is the old state or the new link, never missing
+    if tmp.is_symlink() or tmp.is_file():
+        tmp.unlink()
+    elif tmp.is_dir():
+        remove_links(tmp)
+    tmp.mkdir()
+    for entry in sorted(target.iterdir()):
+        if not entry.name.startswith("."):
+            os.symlink(entry, tmp / entry.name, target_is_directory=entry.is_dir())
+    (tmp / SOURCE_NOTE).write_text(f"{target}\n")
+    os.replace(tmp, out)  # the new folder appears whole under its name
 
 
 def prepare(
@@ -74,6 +107,10 @@ def prepare(
         if out.is_symlink():
             echo(f"{out}: removing the link to {os.readlink(out)} to generate the demo here")
             out.unlink()
+        elif is_link_folder(out):
+            echo(f"{out}: removing the links to {(out / SOURCE_NOTE).read_text().strip()} to "
+                 "generate the demo here")
+            remove_links(out)
         if not force and demo_mod.is_current(out, data.demo):
             echo(f"{out}: demo data is up to date (delete {out / demo_mod.STAMP} to rebuild)")
         else:
@@ -92,6 +129,6 @@ def prepare(
     check(folder, expected=_expected_size(folder), echo=echo, progress=progress)
     if not _same(folder, out):
         link(out, folder, echo=echo)
-        echo(f"{out} -> {folder.resolve()}")
+        echo(f"{out}/ -> links to {folder.resolve()}/")
     # the link's target was just decoded file by file: list it again, decode nothing twice
     return check(out, check_sizes=False, echo=None)

@@ -60,7 +60,17 @@ def read_jpeg(path: str | Path) -> tuple[torch.Tensor, tuple[int, int]]:
 def decode_batch(jpegs: Sequence[torch.Tensor], device: torch.device,
                  names: Sequence[str] = ()) -> torch.Tensor:
     """JPEG bytes of same-sized images -> uint8 N x H x W x 3 RGB on ``device``, one batched
-    call (nvJPEG on CUDA)."""
+    call (nvJPEG on CUDA).
+
+    On CUDA the current stream is synchronised first. ``decode_jpeg`` allocates its outputs on
+    the caller's stream but writes them from a private stream that does not wait for it, so
+    the caching allocator could hand it memory that kernels still queued on the current stream
+    (the previous batch's forward, its upsampling, the encoder's copy) are reading: the decode
+    would overwrite their inputs and the masks come out wrong without an error (pytorch/vision
+    #9606; torchcodec #1634 fixed the same nvJPEG behaviour this way)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
     try:
         images = decode_jpeg(list(jpegs), mode=ImageReadMode.RGB, device=device)
     except RuntimeError as exc:

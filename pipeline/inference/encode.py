@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from pipeline import rle
-from pipeline.config import PredictConfig
-from pipeline.inference.engine import Prediction
+from pipeline.inference.engine import Engine, Prediction
 from pipeline.postprocess import largest_run_component, row_runs
 
 if TYPE_CHECKING:  # typing.Self is Python >= 3.11; annotations are never evaluated here
@@ -95,21 +94,21 @@ class _Encoder:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def iter_rles(preds: Iterable[Prediction], cfg: PredictConfig,
-              device: torch.device | str = "cpu") -> Iterator[Encoded]:
-    """The RLE strings of each predicted batch, in order (``cfg.threshold``,
-    ``cfg.largest_component``).
+def iter_rles(preds: Iterable[Prediction], engine: Engine) -> Iterator[Encoded]:
+    """The RLE strings of each predicted batch, in order (``predict.threshold``,
+    ``predict.largest_component``).
 
-    With ``cfg.overlap`` the strings of batch i are computed on a background thread while
+    With ``predict.overlap`` the strings of batch i are computed on a background thread while
     ``preds`` produces batch i+1. If ``preds`` raises, the batches it gave before are still
     yielded, then the error is raised: a resumable writer keeps every finished row.
     """
+    cfg = engine.cfg
     args = (cfg.threshold, cfg.largest_component)
     if not cfg.overlap:
         for p in preds:
             yield Encoded(p.indices, p.names, masks_to_rle(p.probs, *args))
         return
-    with _Encoder(torch.device(device), *args) as encoder:
+    with _Encoder(engine.device, *args) as encoder:
         pending: deque[tuple[list[int], list[str], Future]] = deque()
 
         def oldest() -> Encoded:

@@ -1,4 +1,4 @@
-"""The inference engine shared by evaluation, submission, pseudo-labels and the overlays.
+"""The inference engine shared by evaluation, submission and the overlays.
 
 Per batch of images:
 
@@ -8,8 +8,8 @@ Per batch of images:
    ``predict.decode: device`` the workers only read the files' bytes, and the batch is decoded
    and resized on the device (:mod:`pipeline.inference.decode`; nvJPEG on a GPU).
 2. On the device: ImageNet normalisation (:func:`pipeline.data.transforms.normalize_batch`),
-   channels_last and autocast (:mod:`pipeline.device`) when configured.
-3. Each model runs on the batch and on each flipped copy (``predict.tta``); every flipped
+   channels_last and autocast in the precision resolved once for the run (:class:`Engine`).
+3. Each model runs on the batch and, with ``predict.tta: [hflip]``, on its mirror image, whose
    prediction is flipped back, so all maps are in the original orientation.
 4. **Probabilities** (sigmoid of the logits) are averaged over flips and models: a mean of
    probabilities is the usual ensemble, a mean of logits would weight confident models more.
@@ -33,6 +33,7 @@ at a time and keeps nothing.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,11 +45,18 @@ from tqdm import tqdm
 
 from pipeline.config import FULL_SHAPE, PredictConfig, RefineConfig
 from pipeline.data.transforms import normalize_batch
-from pipeline.device import autocast, compile_model, enable_fast_kernels, resolve_precision
+from pipeline.device import (
+    Precision,
+    autocast,
+    compile_model,
+    enable_fast_kernels,
+    resolve_precision,
+)
 from pipeline.errors import PipelineError
-from pipeline.inference.decode import decode_batch, resize_batch
+from pipeline.inference.decode import check_decoder, decode_batch, resize_batch
 from pipeline.inference.loader import Batch, ImageDataset, make_loader
-from pipeline.models.checkpoint import checkpoint_config, load_model
+from pipeline.keys import code_version, output_key, result_settings
+from pipeline.models.checkpoint import checkpoint_config, load_model, trained_on
 from pipeline.postprocess import largest_component as keep_largest
 from pipeline.refine.apply import refine_probs
 from pipeline.refine.net import EdgeRefiner
@@ -56,8 +64,8 @@ from pipeline.refine.store import load_refiner
 from pipeline.runs import refiner_beside
 
 # Flip TTA: name -> tensor dims flipped on an N x C x H x W batch. Flipping is its own inverse,
-# so the same dims flip the prediction back.
-TTA_DIMS = {"hflip": (3,), "vflip": (2,), "hvflip": (2, 3)}
+# so the same dims flip the prediction back. (A car is never seen upside down: no vflip.)
+TTA_DIMS = {"hflip": (3,)}
 
 # --------------------------------------------------------------------------- pure pieces
 
@@ -93,23 +101,57 @@ def to_masks(probs: torch.Tensor, threshold: float = 0.5,
 # --------------------------------------------------------------------------- the ensemble
 
 
+@dataclass(frozen=True)
+class Engine:
+    """The prediction settings of one run, resolved once for its device: the precision, the
+    TTA views, and every setting that changes a prediction (:meth:`settings`)."""
+
+    cfg: PredictConfig
+    device: torch.device
+    precision: Precision
+    views: tuple[tuple[int, ...], ...]
+
+    def settings(self) -> dict:
+        """Every result setting of ``predict``, the precision resolved, and the device type:
+        what a score records and what every resume key covers."""
+        return result_settings(self.cfg, precision=self.precision.name,
+                               device=self.device.type)
+
+
+def prepare_engine(cfg: PredictConfig, device: torch.device | str = "cpu", *,
+                   announce: bool = True) -> Engine:
+    """Resolve ``cfg`` for ``device`` (once per run); ``announce`` prints the one warning
+    line for bf16 on hardware that only emulates it (rank 0 of several processes)."""
+    device = torch.device(device)
+    precision = resolve_precision(cfg.precision, device, what="predict.precision")
+    check_decoder(cfg.decode)
+    if announce and precision.warning:
+        print(precision.warning, file=sys.stderr, flush=True)
+    return Engine(cfg, device, precision, tuple(tta_dims(cfg.tta)))
+
+
 @dataclass
 class Member:
-    """One model of an ensemble, the (height, width) it was trained at, and its edge refiner
-    with that refiner's settings when ``predict.refiner`` is on."""
+    """One model of an ensemble, the (height, width) it was trained at, its edge refiner with
+    that refiner's settings when ``predict.refiner`` is on, and the images whose labels the
+    two were trained on (None: not recorded)."""
 
     model: nn.Module
     size: tuple[int, int]
     source: str = ""
     refiner: EdgeRefiner | None = None
     refine: RefineConfig | None = None
+    trained_on: frozenset[str] | None = None
 
 
 @dataclass
 class Ensemble:
-    """Models whose probabilities are averaged; their input sizes may differ."""
+    """Models whose probabilities are averaged (their input sizes may differ), the engine they
+    run in, and ``key``: a hash of every file they come from and of the engine's settings."""
 
     members: list[Member]
+    engine: Engine
+    key: str = ""
 
     @property
     def sizes(self) -> list[tuple[int, int]]:
@@ -134,19 +176,14 @@ class Ensemble:
         return out
 
 
-def load_ensemble(
-    checkpoints: Sequence[str | Path],
-    device: torch.device | str = "cpu",
-    cfg: PredictConfig | None = None,
-) -> Ensemble:
-    """Rebuild each checkpoint's model (eval mode, on ``device``) with the input size it was
-    trained at (``train.height`` x ``train.width`` of its stored config); compiled in place
-    with ``predict.compile``; with ``predict.refiner``, the ``refiner.pt`` beside each
+def load_ensemble(checkpoints: Sequence[str | Path], engine: Engine) -> Ensemble:
+    """Rebuild each checkpoint's model (eval mode, on the engine's device) with the input size
+    it was trained at (``train.height`` x ``train.width`` of its stored config); compiled in
+    place with ``predict.compile``; with ``predict.refiner``, the ``refiner.pt`` beside each
     checkpoint too. On a GPU, cuDNN picks its fastest kernels per input shape."""
     if not checkpoints:
         raise PipelineError("no checkpoints to predict with; train first or pass --checkpoint")
-    device = torch.device(device)
-    cfg = cfg or PredictConfig()
+    cfg, device = engine.cfg, engine.device
     enable_fast_kernels(device)
     members = []
     for path in checkpoints:
@@ -156,40 +193,42 @@ def load_ensemble(
             model = model.to(memory_format=torch.channels_last)
         if cfg.compile:
             compile_model(model, cfg.compile_mode)
-        refiner, refine = (load_refiner(refiner_beside(path), device, ckpt.get("split"))
-                           if cfg.refiner else (None, None))
+        seen = trained_on(ckpt)
+        refiner, refine = None, None
+        if cfg.refiner:
+            refiner, refine, refiner_seen = load_refiner(refiner_beside(path), device)
+            seen = None if seen is None or refiner_seen is None else seen | refiner_seen
         members.append(Member(model.eval(), (train.height, train.width), str(path), refiner,
-                              refine))
-    return Ensemble(members)
+                              refine, seen))
+    ensemble = Ensemble(members, engine)
+    ensemble.key = output_key(ensemble.files, engine.settings(), code_version())
+    return ensemble
 
 
 @torch.inference_mode()
 def predict_probs(
     ensemble: Ensemble,
     images: dict[tuple[int, int], torch.Tensor],
-    cfg: PredictConfig,
     out_shape: tuple[int, int] = FULL_SHAPE,
     photos: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Averaged car probabilities, float32 N x H x W on the images' device.
 
     ``images`` maps each input size of the ensemble (``ensemble.sizes``) to the batch resized
-    to it: uint8 N x h x w x 3 RGB. Every model sees its own size; each view of
-    ``cfg.tta`` is predicted and flipped back; probabilities are averaged over views and
-    models, upsampled per size group, then averaged over groups weighted by their model count.
-    An ensemble with edge refiners also needs ``photos``, the batch at ``out_shape`` (uint8
-    N x H x W x 3): see :func:`refine_ensemble`.
+    to it: uint8 N x h x w x 3 RGB. Every model sees its own size; each TTA view is predicted
+    and flipped back; probabilities are averaged over views and models, upsampled per size
+    group, then averaged over groups weighted by their model count. An ensemble with edge
+    refiners also needs ``photos``, the batch at ``out_shape`` (uint8 N x H x W x 3): see
+    :func:`refine_ensemble`.
     """
-    views = tta_dims(cfg.tta)
+    engine = ensemble.engine
+    cfg, views = engine.cfg, engine.views
+    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
     total = None
     for size, members in ensemble.groups().items():
         if size not in images:
             raise ValueError(f"no batch resized to {size[0]}x{size[1]} for this ensemble")
-        batch = images[size]
-        precision = resolve_precision(cfg.precision, batch.device, what="predict.precision")
-        x = normalize_batch(batch)
-        layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        x = x.contiguous(memory_format=layout)
+        x = normalize_batch(images[size]).contiguous(memory_format=layout)
         acc = torch.zeros((x.shape[0], *size), dtype=torch.float32, device=x.device)
         for member in members:
             for dims in views:
@@ -198,7 +237,7 @@ def predict_probs(
                     # CUDA graphs (compile_mode reduce-overhead) reuse their output memory on
                     # the next replay: each output is used up (sigmoid into acc) before it.
                     torch.compiler.cudagraph_mark_step_begin()
-                with autocast(precision, x.device):
+                with autocast(engine.precision, x.device):
                     logits = member.model(view)
                 logits = logits[:, 0].float()  # N x h x w: class 0 is the car
                 acc += torch.sigmoid(logits.flip([d - 1 for d in dims]) if dims else logits)
@@ -206,18 +245,16 @@ def predict_probs(
         group = upsample(acc, out_shape)
         total = group if total is None else total.add_(group)
     probs = total.div_(len(views) * len(ensemble.members))
-    return refine_ensemble(ensemble, probs, photos, cfg) if ensemble.refined else probs
+    return refine_ensemble(ensemble, probs, photos) if ensemble.refined else probs
 
 
-def refine_ensemble(ensemble: Ensemble, probs: torch.Tensor, photos: torch.Tensor | None,
-                    cfg: PredictConfig) -> torch.Tensor:
+def refine_ensemble(ensemble: Ensemble, probs: torch.Tensor,
+                    photos: torch.Tensor | None) -> torch.Tensor:
     """The ensemble's full-size ``probs`` redrawn along their edges by each member's refiner
     from ``photos`` (uint8 N x H x W x 3), averaged over the refiners."""
     if photos is None or tuple(photos.shape[1:3]) != tuple(probs.shape[1:]):
         raise ValueError("an ensemble with edge refiners needs the photos at the output size")
-    precision = resolve_precision(cfg.precision, probs.device, what="predict.precision",
-                                  warn=lambda _: None)  # predict_probs warned
-    refined = [refine_probs(m.refiner, m.refine, photos, probs, precision)
+    refined = [refine_probs(m.refiner, m.refine, photos, probs, ensemble.engine.precision)
                for m in ensemble.members if m.refiner is not None]
     return torch.stack(refined).mean(0) if len(refined) > 1 else refined[0]
 
@@ -250,8 +287,6 @@ class Prediction:
 def iter_predictions(
     ensemble: Ensemble,
     image_paths: Sequence[str | Path],
-    cfg: PredictConfig,
-    device: torch.device | str = "cpu",
     out_shape: tuple[int, int] = FULL_SHAPE,
     mask_paths: Sequence[str | Path] | None = None,
     progress: bool | str = False,
@@ -263,10 +298,10 @@ def iter_predictions(
     raises :class:`PipelineError` naming the file, after every earlier batch was yielded.
     ``progress``: False, True or a tqdm description.
     """
-    device = torch.device(device)
+    engine = ensemble.engine
     dataset = ImageDataset(image_paths, ensemble.sizes, out_shape, mask_paths,
-                           photos=ensemble.refined, decode=cfg.decode)
-    loader = make_loader(dataset, cfg, device)
+                           photos=ensemble.refined, decode=engine.cfg.decode)
+    loader = make_loader(dataset, engine.cfg, engine.device)
     desc = progress if isinstance(progress, str) else "predict"
     bar = tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress, smoothing=0.1)
     try:
@@ -274,12 +309,11 @@ def iter_predictions(
             if batch.error:
                 raise PipelineError(batch.error)
             images, photos = batch_on_device(batch, ensemble.sizes, ensemble.refined,
-                                             device)
-            probs = predict_probs(ensemble, images, cfg, out_shape, photos)
-            masks = None if batch.masks is None else batch.masks.to(device, non_blocking=True)
+                                             engine.device)
+            probs = predict_probs(ensemble, images, out_shape, photos)
+            masks = None if batch.masks is None else batch.masks.to(engine.device,
+                                                                    non_blocking=True)
             yield Prediction(batch.indices, batch.names, probs, masks)
             bar.update(len(batch.names))
     finally:
         bar.close()
-
-

@@ -8,10 +8,13 @@ A checkpoint is a dict saved with ``torch.save``:
     state_dict    model weights (never DDP-wrapped: no "module." prefixes)
     metrics       dict of floats, e.g. {"val_dice": 0.99}
     epoch         last completed epoch (0-based)
-    train_state   optional: optimizer, scheduler, scaler, RNG states, for --resume
-    split         optional: {"fold", "folds_file", "val_images"}: the fold it was validated
-                  on and a hash of that fold's image names (data.splits.split_id), so that
-                  scoring it on images it trained on is refused
+    train_state   optional: optimizer, schedule, scaler, RNG states, for --resume
+    trained_on    the sorted names of every image whose label the weights have learnt from,
+                  inherited through train.init_from, --resume and earlier phases: a consumer
+                  that holds images out refuses weights that saw them
+                  (pipeline.folds.splits.check_unseen)
+    key           the run's resume key (pipeline.keys): its settings, training images and
+                  starting weights; --resume and a resumed recipe refuse or redo another
 
 Files are written to a temporary name and renamed, so a kill -9 never leaves half a checkpoint.
 A model rebuilt from a checkpoint never downloads or reads pretrained encoder weights
@@ -22,6 +25,7 @@ offline and after the weights file is gone.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +60,8 @@ def save_checkpoint(
     metrics: dict[str, float] | None = None,
     epoch: int = -1,
     train_state: dict[str, Any] | None = None,
-    split: dict[str, Any] | None = None,
+    trained_on: Iterable[str] = (),
+    key: str = "",
 ) -> Path:
     """Atomically write a checkpoint that rebuilds ``model`` without any other file."""
     payload = {
@@ -66,11 +71,11 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
         "metrics": dict(metrics or {}),
         "epoch": epoch,
+        "trained_on": sorted(trained_on),
+        "key": key,
     }
     if train_state is not None:
         payload["train_state"] = train_state
-    if split is not None:
-        payload["split"] = split
     # Serialised in memory, then written as plain bytes: on a full disk torch.save's own
     # writer fails with an obscure RuntimeError, a plain write with ENOSPC, which
     # atomic_path turns into one line while the previous checkpoint stays.
@@ -97,12 +102,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def checkpoint_config(ckpt: dict) -> Config:
     """The full Config stored in a checkpoint."""
-    return from_dict(Config, ckpt["config"], source="checkpoint config")
+    return from_dict(Config, ckpt["config"], source="checkpoint config", strict=False)
 
 
 def model_config_of(ckpt: dict, source: str | Path = "checkpoint") -> ModelConfig:
     """The ModelConfig a checkpoint's weights belong to."""
     return from_dict(ModelConfig, ckpt["model_config"], source=f"{source} model_config")
+
+
+def trained_on(ckpt: dict) -> frozenset[str] | None:
+    """The images a checkpoint's weights learnt from (None: written before this was recorded)."""
+    names = ckpt.get("trained_on")
+    return None if names is None else frozenset(names)
 
 
 def checkpoint_label(path: str | Path) -> str:

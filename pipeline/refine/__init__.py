@@ -1,3 +1,4 @@
-"""The full-resolution edge refiner: where it looks (``geometry``), the network (``net``), its
-checkpoints (``store``) and applying it to predicted probabilities (``apply``). Training it is
-:mod:`pipeline.training.refiner`; ``python -m pipeline.refine`` adds one to a trained run."""
+"""The full-resolution edge refiner, trained and applied in one package: where it looks
+(``geometry``), the network (``net``), its checkpoints (``store``), its training (``fit``: the
+train stage's ``refine.train`` and ``python -m pipeline.refine``) and applying it to predicted
+probabilities (``apply``: the inference engine's ``predict.refiner``)."""

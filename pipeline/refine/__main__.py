@@ -1,6 +1,6 @@
 """Edge-refiner stage: ``python -m pipeline.refine --fold K``.
 
-Trains the full-resolution edge refiner (:mod:`pipeline.training.refiner`) of one trained run
+Trains the full-resolution edge refiner (:mod:`pipeline.refine.fit`) of one trained run
 on fold K's training images of ``--folds`` (never its validation images), with the coarse input
 of a model at that run's training size (``train.height`` x ``train.width`` stored in its
 best.pt), and writes, under the roots given (:mod:`pipeline.runs`):
@@ -8,49 +8,38 @@ best.pt), and writes, under the roots given (:mod:`pipeline.runs`):
     checkpoints/<model>/fold<K>/refiner.pt   the refiner; ``predict.refiner=true`` applies it
 
 Not a DVC stage: with ``refine.train: true`` the train stage trains the refiner itself
-(:mod:`pipeline.training.recipe`); otherwise run this after ``python -m pipeline.train`` for
+(:mod:`pipeline.train.recipe`); otherwise run this after ``python -m pipeline.train`` for
 each fold whose model should be refined, with the same -c/-m files and ``data.root``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from pipeline.cli import ConfigOption, DeviceOption, ModelOption, OverridesArgument, ProgressOption
-from pipeline.config import cli_config
+from pipeline.cli import StageOptions, stage
 from pipeline.device import pick_device
-from pipeline.errors import one_line_errors
-from pipeline.runs import Roots
-from pipeline.training.refiner import train_refiner
+from pipeline.refine.fit import train_refiner
 
 app = typer.Typer(add_completion=False, help=__doc__.split("\n")[0])
 
 
-@app.command()
-@one_line_errors
+@stage(app, "config", "model", "data_root", "folds", "checkpoints", "device", "progress",
+       "overrides")
 def main(
+    opts: StageOptions,
     fold: Annotated[int, typer.Option(help="The fold whose model is refined; -1: the model "
                                            "trained on every image.")] = 0,
-    config: ConfigOption = None,
-    model: ModelOption = None,
-    folds: Annotated[Path, typer.Option(help="Folds CSV the model was trained with.")]
-    = Path("folds/folds.csv"),
-    checkpoints: Annotated[Path, typer.Option(help="Checkpoint root.")] = Roots.checkpoints,
-    device: DeviceOption = None,
-    progress: ProgressOption = True,
-    overrides: OverridesArgument = None,
 ) -> None:
     """Train the edge refiner of one fold's model and save it beside its best.pt."""
-    cfg = cli_config(config, model, overrides)
-    run = Roots(checkpoints=checkpoints).run(cfg.model.label, fold)
-    dev = pick_device(device)
+    cfg = opts.cfg()
+    run = opts.roots.run(cfg.model.label, fold)
+    dev = pick_device(opts.device)
     rc = cfg.refine
     typer.echo(f"refiner for {run.best}: {rc.steps} steps of {rc.images_per_batch} images x "
                f"{rc.patches_per_image} windows of {rc.patch} px on {dev}")
-    result = train_refiner(cfg, fold, folds, run, dev, progress)
+    result = train_refiner(cfg, fold, opts.folds, run, dev, opts.progress)
     loss = result.history[-1]["loss"] if result.history else float("nan")
     typer.echo(f"wrote {result.path}: {rc.steps} steps on {result.images} training images of "
                f"fold {fold} (coarse {result.coarse[0]}x{result.coarse[1]}), final loss "

@@ -1,8 +1,9 @@
 """Edge-refiner checkpoints: the weights with the settings that rebuild the network and the
-split it was trained on, read back by the inference engine (``predict.refiner``)."""
+images it learnt from, read back by the inference engine (``predict.refiner``)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -17,27 +18,25 @@ KIND = "edge_refiner"
 
 
 def save_refiner(path: str | Path, model: EdgeRefiner, cfg: RefineConfig, history: list,
-                 split: dict | None = None, coarse: tuple[int, int] | None = None,
+                 trained_on: Iterable[str] = (), coarse: tuple[int, int] | None = None,
                  source: str | None = None) -> Path:
     """Atomically write a refiner checkpoint that rebuilds it without any other file.
-    ``split``: the split record of the model it refines (``pipeline.data.splits.split_id``),
-    ``coarse``: that model's input size (h, w), ``source``: the fingerprint of that model's
-    checkpoint and the refiner's settings (a resumed train stage keeps a refiner whose source
-    is unchanged)."""
+    ``trained_on``: the images whose masks it learnt from, ``coarse``: the input size (h, w) of
+    the model it refines, ``source``: the resume key of that model's checkpoint and the
+    refiner's settings (a resumed train stage keeps a refiner whose source is unchanged)."""
     payload = {"format": 1, "kind": KIND, "refine_config": to_dict(cfg), "history": history,
-               "split": split, "coarse": None if coarse is None else list(coarse),
-               "source": source,
+               "trained_on": sorted(trained_on),
+               "coarse": None if coarse is None else list(coarse), "source": source,
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)
 
 
-def load_refiner(path: str | Path, device: torch.device | str = "cpu",
-                 split: dict | None = None) -> tuple[EdgeRefiner, RefineConfig]:
-    """The refiner of a checkpoint written by :func:`save_refiner` (eval mode, on ``device``).
-    ``split``: the split record of the model it refines; a refiner trained on another split
-    (it may have seen that model's validation images) is refused."""
+def load_refiner(path: str | Path, device: torch.device | str = "cpu"
+                 ) -> tuple[EdgeRefiner, RefineConfig, frozenset[str] | None]:
+    """The refiner of a checkpoint written by :func:`save_refiner` (eval mode, on ``device``),
+    its settings and the images it learnt from (None: not recorded)."""
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: edge refiner not found; train it with "
@@ -49,16 +48,11 @@ def load_refiner(path: str | Path, device: torch.device | str = "cpu",
         raise PipelineError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("kind") != KIND:
         raise PipelineError(f"{path}: not an edge-refiner checkpoint (pipeline.refine)")
-    mine = ckpt.get("split")
-    if split and mine and (mine.get("fold"), mine.get("val_images")) != (
-            split.get("fold"), split.get("val_images")):
-        raise PipelineError(f"{path}: trained for fold {mine.get('fold')} of "
-                            f"{mine.get('folds_file')}, not the split of the model beside it; "
-                            f"retrain it with `{refine_command(path)}`")
     cfg = from_dict(RefineConfig, ckpt["refine_config"], source=f"{path} refine_config")
     model = EdgeRefiner(cfg.width)
     model.load_state_dict(ckpt["state_dict"])
-    return model.to(device).eval(), cfg
+    seen = ckpt.get("trained_on")
+    return model.to(device).eval(), cfg, None if seen is None else frozenset(seen)
 
 
 def refiner_source(path: str | Path) -> str | None:

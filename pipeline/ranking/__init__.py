@@ -1,1 +1,0 @@
-"""Leaderboard placing: milestones and rank math (``board``), and its reports (``report``)."""

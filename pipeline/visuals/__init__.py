@@ -1,2 +1,0 @@
-"""Pictures of what a model does: mask overlays on photos (``overlay``) and U-Net feature maps
-(``features``)."""
