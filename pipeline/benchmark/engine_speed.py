@@ -50,7 +50,7 @@ from pipeline.config import (
 from pipeline.data.demo import generate_demo
 from pipeline.data.io import image_size
 from pipeline.data.transforms import normalize
-from pipeline.device import peak_memory_mib
+from pipeline.device import peak_memory_mib, resolve_precision
 from pipeline.dice import dice_per_image
 from pipeline.errors import PipelineError, one_line_errors
 from pipeline.inference.encode import iter_rles
@@ -197,7 +197,8 @@ def run_predict_benchmark(
     fp32_cfg = dataclasses.replace(cfg, predict=dataclasses.replace(cfg.predict, precision="fp32"))
     engine32, engine32_s = timed(fp32_cfg)
 
-    precision = prepare_engine(cfg.predict, "cpu", announce=False).precision
+    precision = resolve_precision(cfg.predict.precision, torch.device("cpu"),
+                                  what="predict.precision")
     naive_rate = len(naive_paths) / naive_s
     rate, rate32 = len(paths) / engine_s, len(paths) / engine32_s
     memory = [peak_memory(ckpt, images, n, overrides, config_paths) for n in memory_sizes]

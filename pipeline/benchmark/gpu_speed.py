@@ -238,7 +238,7 @@ def measure_prediction(configs: Sequence[Config], plan: GpuPlan, device: torch.d
     result = {"decode": decode_rates(paths, size, out_shape, pc, device),
               "data": source, "distinct_files": len(files), "images": len(paths),
               "input_size": list(size), "output_size": list(out_shape), "tta": list(pc.tta),
-              "precision": prepare_engine(pc, device, announce=False).precision.name,
+              "precision": resolve_precision(pc.precision, device, what="predict.precision").name,
               "batch_size": pc.batch_size, "num_workers": pc.num_workers,
               "largest_component": pc.largest_component, "results": []}
     for cfg in configs:

@@ -13,6 +13,9 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pipeline.config import TrainConfig
+from pipeline.schedule import Schedule
+
 # Batches timed at the start of a budgeted run: the pace is measured from PROBE_SKIP to
 # PROBE_STEPS, leaving out the first batches (workers starting, caches cold).
 PROBE_STEPS = 10
@@ -59,25 +62,33 @@ class Probe:
 
 class Budget:
     """A run as a number of batches: every epoch in full, or what ``train.time_budget_min``
-    allows (kept in ``last.pt``, so a resume continues the same plan and learning-rate curve).
+    allows, kept in ``last.pt`` (``planned``) so a resume continues the same plan and
+    learning-rate curve. Whenever the plan changes, the schedule's decay is re-planned to end
+    with it and one line says so.
 
-    ``total`` starts at ``planned`` (a resumed plan) or every epoch; :meth:`first_plan` sets it
-    from the pace of the first batches, :meth:`after_epoch` (and :meth:`resumed`) shorten it
-    when the pace so far, validation included, no longer fits. Each returns the new total when
-    it changed, else None."""
+    The plan is made from the pace of the first batches (:meth:`probe`) and shortened after any
+    epoch (:meth:`after_epoch`), or on resume (:meth:`resumed`), whose pace, validation
+    included, no longer fits. It is never lengthened: that would raise the rate again."""
 
-    def __init__(self, minutes: float, epochs: int, n_batches: int, planned: int = 0,
-                 history: list[dict] | None = None):
+    def __init__(self, tc: TrainConfig, n_batches: int, schedule: Schedule, planned: int = 0,
+                 history: list[dict] | None = None, say: Callable[..., None] = print):
         history = history or []
-        self.seconds = minutes * 60
-        self.epochs, self.n_batches = epochs, n_batches
-        self.total = planned or epochs * n_batches
+        self.tc, self.n_batches, self.schedule, self.say = tc, n_batches, schedule, say
+        self.seconds = tc.time_budget_min * 60
+        self.total = planned or tc.epochs * n_batches
         self.spent = sum(r["epoch_seconds"] for r in history)
         self.done = sum(r.get("train_batches", n_batches) for r in history)
+        if self.total < tc.epochs * n_batches:  # a resumed plan: its curve, not the full one
+            self.schedule.shorten(optimizer_steps(self.total, tc.accumulate))
 
     @property
     def active(self) -> bool:
         return self.seconds > 0
+
+    @property
+    def planned(self) -> int:
+        """What ``last.pt`` keeps: the batches planned (0: every epoch in full)."""
+        return self.total if self.active else 0
 
     @property
     def planned_epochs(self) -> int:
@@ -87,31 +98,40 @@ class Budget:
         """Batches epoch ``epoch`` trains under the plan (0: the plan is used up)."""
         return epoch_batches(self.total, self.n_batches, epoch)
 
-    def first_plan(self, pace: float) -> int:
-        """The plan from the pace of the first batches (seconds a batch), validation's share
-        reserved; returns it."""
-        self.total = plan_batches(self.seconds, pace, self.total, reserve=VAL_SHARE)
-        return self.total
-
-    def resumed(self) -> int | None:
-        """A resumed run: shorten the plan if the pace so far needs it."""
-        return self._shorten() if self.active and self.done else None
-
-    def after_epoch(self, epoch_seconds: float, batches: int) -> int | None:
-        """Count an epoch (training and validation) and shorten the plan if it needs it."""
+    def probe(self, agree: Callable[[float], float] = float) -> Probe | None:
+        """The first epoch's :class:`Probe`: the plan from the pace of its first batches
+        (``agree``: the pace the ranks agree on), validation's share reserved."""
         if not self.active:
             return None
-        self.spent += epoch_seconds
-        self.done += batches
-        return self._shorten()
 
-    def _shorten(self) -> int | None:
+        def plan(seconds_per_batch: float) -> int:
+            pace = agree(seconds_per_batch)
+            self._apply(plan_batches(self.seconds, pace, self.total, reserve=VAL_SHARE),
+                        f"{pace:.2f} s/batch")
+            return self.epoch_cap(0)
+
+        return Probe(plan, PROBE_STEPS, PROBE_SKIP)
+
+    def resumed(self) -> None:
+        """A resumed run: shorten the plan if the pace so far needs it."""
+        if self.active and self.done:
+            self._shorten("resumed")
+
+    def after_epoch(self, epoch_seconds: float, batches: int, epoch: int) -> None:
+        """Count an epoch (training and validation) and shorten the plan if it needs it."""
+        if self.active:
+            self.spent += epoch_seconds
+            self.done += batches
+            self._shorten(f"after epoch {epoch + 1}")
+
+    def _shorten(self, why: str) -> None:
         fits = plan_batches(self.seconds, self.spent / self.done, self.total, spent_s=self.spent,
                             done=self.done)
-        if fits >= self.total:
-            return None
-        self.total = fits
-        return fits
+        if fits < self.total:
+            self._apply(fits, why)
 
-    def describe(self) -> str:
-        return describe(self.total, self.n_batches, self.epochs)
+    def _apply(self, total: int, why: str) -> None:
+        self.total = total
+        self.schedule.shorten(optimizer_steps(total, self.tc.accumulate))
+        self.say(f"time budget {self.tc.time_budget_min:g} min ({why}): planning "
+                 f"{describe(total, self.n_batches, self.tc.epochs)}", flush=True)

@@ -192,16 +192,26 @@ def train(cfg: Config, fold: int, *, folds_path, run: RunPaths | None = None,
             distributed.cleanup(info)
 
 
-def _train(cfg: Config, fold: int, info: DistInfo, *, folds_path, run: RunPaths,
-           resume: bool, show: bool) -> TrainRecord:
-    tc, main = cfg.train, info.is_main
-    say = print if main else (lambda *_, **__: None)
+@dataclass
+class Prepared:
+    """What a run trains with: its images, their lineage and key, the loaders and the parts."""
+
+    split: Split
+    lineage: Lineage
+    loaders: tuple
+    n_batches: int
+    parts: Parts
+
+
+def prepare_run(cfg: Config, fold: int, info: DistInfo, folds_path, show: bool, say) -> Prepared:
+    """Every check that needs no training first (settings, /dev/shm, the folds, the starting
+    weights), then the cache, the loaders and the parts."""
+    tc = cfg.train
     check_settings(tc)  # settings first: a typo fails in a second, not after the cache is built
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
     distributed.run_on_all_ranks(lambda: shm.check_shm(
         tc, crop_size(tc) or (tc.height, tc.width), distributed.local_world_size(info)), info)
-
     split = Split(*run_rows(cfg.data, fold, folds_path), f"fold {fold} of {folds_path}")
     lineage = Lineage(inherited(cfg, split, say) | frozenset(split.train["img"]),
                       run_key(cfg, split))
@@ -212,11 +222,19 @@ def _train(cfg: Config, fold: int, info: DistInfo, *, folds_path, run: RunPaths,
         raise PipelineError(f"{folds_path}: fold {fold} leaves no training batch")
     n_batches = min(len(loaders[0]), tc.max_steps or len(loaders[0]))
     parts = build_parts(cfg, info, steps_per_epoch=-(-n_batches // tc.accumulate))
+    return Prepared(split, lineage, loaders, n_batches, parts)
 
+
+def _train(cfg: Config, fold: int, info: DistInfo, *, folds_path, run: RunPaths,
+           resume: bool, show: bool) -> TrainRecord:
+    tc, main = cfg.train, info.is_main
+    say = print if main else (lambda *_, **__: None)
+    prep = prepare_run(cfg, fold, info, folds_path, show, say)
+    parts = prep.parts
     state = Progress()
     if resume and run.last.is_file():
-        state = restore(run.last, lineage.key, parts.model, parts.optimizer, parts.schedule,
-                        parts.scaler, parts.ema)
+        state = restore(run.last, prep.lineage.key, parts.model, parts.optimizer,
+                        parts.schedule, parts.scaler, parts.ema)
         say(f"resuming {run.last} at epoch {state.next_epoch + 1}/{tc.epochs}", flush=True)
     elif resume:
         say(f"nothing to resume at {run.last}; starting from epoch 1", flush=True)
@@ -224,43 +242,27 @@ def _train(cfg: Config, fold: int, info: DistInfo, *, folds_path, run: RunPaths,
     if info.enabled:
         device_ids = [info.device.index] if info.device.type == "cuda" else None
         parts.model = nn.parallel.DistributedDataParallel(parts.model, device_ids=device_ids)
-
     enable_fast_kernels(info.device)
     tracker = Tracker(run.live_dir, enabled=main, use_dvclive=tc.live,
                       params={"fold": fold, **to_dict(cfg)})
     tracker.replay(state.history)
-    plan = budget.Budget(tc.time_budget_min, tc.epochs, n_batches, state.planned_batches,
-                         state.history)
-
-    def replan(total: int | None, why: str) -> None:
-        if total is None:
-            return
-        state.planned_batches = total
-        parts.schedule.shorten(budget.optimizer_steps(total, tc.accumulate))
-        say(f"time budget {tc.time_budget_min:g} min ({why}): planning {plan.describe()}",
-            flush=True)
-
-    def first_plan(seconds_per_batch: float) -> int:  # the ranks agree on the mean pace
-        pace = distributed.mean_over_ranks(seconds_per_batch, info)
-        replan(plan.first_plan(pace), f"{pace:.2f} s/batch")
-        return plan.epoch_cap(0)
-
-    if plan.total < tc.epochs * n_batches:  # a resumed budgeted plan
-        parts.schedule.shorten(budget.optimizer_steps(plan.total, tc.accumulate))
-    replan(plan.resumed(), "resumed")
+    plan = budget.Budget(tc, prep.n_batches, parts.schedule, state.planned_batches,
+                         state.history, say)
+    plan.resumed()
     try:
         for epoch in range(state.next_epoch, tc.epochs):
             if plan.epoch_cap(epoch) == 0:
                 break
-            probe = budget.Probe(first_plan, budget.PROBE_STEPS, budget.PROBE_SKIP) \
-                if plan.active and epoch == 0 else None
-            row = run_epoch(epoch, tc, parts, loaders, info, show, plan.epoch_cap(epoch), probe,
-                            plan.planned_epochs)
-            seconds = distributed.mean_over_ranks(row["epoch_seconds"], info)
-            replan(plan.after_epoch(seconds, row["train_batches"]), f"after epoch {epoch + 1}")
+            probe = plan.probe(lambda s: distributed.mean_over_ranks(s, info)) \
+                if epoch == 0 else None
+            row = run_epoch(epoch, tc, parts, prep.loaders, info, show, plan.epoch_cap(epoch),
+                            probe, plan.planned_epochs)
+            plan.after_epoch(distributed.mean_over_ranks(row["epoch_seconds"], info),
+                             row["train_batches"], epoch)
+            state.planned_batches = plan.planned
             improved = state.record(row)
             if main:
-                save_epoch(run, cfg, parts, state, improved, lineage)
+                save_epoch(run, cfg, parts, state, improved, prep.lineage)
                 tracker.log_epoch(row)
                 log_epoch(row, plan.planned_epochs)
             distributed.barrier(info)
@@ -271,13 +273,12 @@ def _train(cfg: Config, fold: int, info: DistInfo, *, folds_path, run: RunPaths,
                             "train.grad_clip or train.precision=fp32, then --resume") from None
     finally:
         tracker.close()
-
     if not state.history:
         raise PipelineError(f"{run.last}: no epoch was trained (train.epochs={tc.epochs})")
     record = training_record(cfg.model.label, tc, fold, state.history, state.best_epoch,
                              device=str(info.device), precision=parts.precision,
                              peak_memory_mib=peak_memory_mib(info.device), params=params,
-                             batches_per_epoch=n_batches)
+                             batches_per_epoch=prep.n_batches)
     if main:
         write_record(run.record, record)
     return record
