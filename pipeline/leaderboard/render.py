@@ -46,7 +46,7 @@ def ranking_markdown(results: Sequence[dict], source: str) -> str:
         "# Leaderboard comparison",
         "",
         (f"Compared with: {source}. Ranks between milestones are linear estimates; see "
-        "`pipeline/leaderboard.py` for the conventions."),
+        "`pipeline/leaderboard/board.py` for the conventions."),
         "",
         "| label | Dice | est. rank | top % | zone | next zone | Dice needed |",
         "|---|---:|---:|---:|---|---|---:|",
