@@ -32,7 +32,6 @@ TRAIN_FILES = (
 )
 TEST_FILES = ("test.zip",)  # 100064 images, 7.8 GB: only needed for a submission
 INSTALL_HINT = "pip install 'carvana-pipeline[kaggle]'"
-RULES_URL = f"https://www.kaggle.com/competitions/{COMPETITION}/rules"
 
 
 def credentials_found(env: dict | None = None, home: Path | None = None) -> bool:
